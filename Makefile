@@ -1,0 +1,32 @@
+# Every target creates .venv and installs the project into it when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: search test demo bench lint clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+search: $(STAMP)
+	$(BIN)/python -m orchestrator.search $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check trainer orchestrator tests
+	$(BIN)/python -m pytest $(ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python -m trainer.train --data builtin:glyphs --size 64 --epochs 5 --out runs/demo
+
+bench: $(STAMP)
+	$(BIN)/python -m trainer.bench $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check trainer orchestrator tests
+
+clean:
+	rm -rf $(VENV) runs experiments

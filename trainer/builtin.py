@@ -1,0 +1,169 @@
+"""Built-in paired datasets made from files that installed packages ship (no downloads).
+
+- `builtin:glyphs`: each character rendered in DejaVu Sans (A) and DejaVu Serif (B), both fonts
+  shipped by matplotlib; 1 channel; split by character.
+- `builtin:colorize`: grayscale -> colour tiles of scikit-image's photos (1 -> 3 channels).
+- `builtin:restore`: blurred, JPEG-compressed -> clean tiles of the same photos (3 -> 3 channels).
+Photo tasks are split by source photo, never by tile, so no photo leaks between splits.
+
+Each set is built once into the cache folder ($PIX2PIX_CACHE, default ~/.cache/pix2pix-tune) in the
+A/ B/ layout with train/ val/ test/ sub-folders, and then loads like any user folder. Concurrent
+builders (parallel trials) each write a private temp folder and the first rename wins.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import shutil
+import tempfile
+import unicodedata
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageFont, ImageDraw
+
+from trainer.errors import UserError
+
+BUILTIN_PREFIX = "builtin:"
+VERSION = "v1"  # bump when a builder changes, so stale caches are not reused
+GLYPH_SIZE = 128  # rendered once at this size; the loader resizes to the configured size
+TILE = 256
+TILE_STRIDE = 128
+PHOTO_MAX_SHORT_SIDE = 512  # so one big photo (retina is 1411 px) does not dominate its split
+
+# Fixed photo -> split assignment (by photo, never by tile), about 70/15/15 of the tiles.
+PHOTO_SPLITS = {
+    "train": ["astronaut", "retina", "hubble_deep_field", "rocket", "stereo_motorcycle", "colorwheel"],
+    "val": ["immunohistochemistry", "chelsea"],
+    "test": ["coffee", "logo"],
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PIX2PIX_CACHE", Path.home() / ".cache" / "pix2pix-tune"))
+
+
+def builtin_root(name: str) -> Path:
+    """The folder of a built-in set, built on first use."""
+    if name not in BUILDERS:
+        raise UserError(f"{BUILTIN_PREFIX}{name}: unknown built-in dataset; choose one of {', '.join(BUILTIN_PREFIX + n for n in BUILDERS)}")
+    root = cache_dir() / f"{name}-{VERSION}"
+    if not root.is_dir():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root.parent))
+        try:
+            BUILDERS[name](tmp)
+            os.rename(tmp, root)
+        except OSError:
+            if not root.is_dir():  # a real failure, not a lost race with another builder
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _save(folder: Path, split: str, name: str, a: np.ndarray, b: np.ndarray) -> None:
+    for side, image in (("A", a), ("B", b)):
+        out = folder / split / side
+        out.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(out / f"{name}.png")
+
+
+# --- glyphs --------------------------------------------------------------------------------
+
+
+def _font_paths() -> tuple[Path, Path]:
+    import matplotlib
+
+    fonts = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    return fonts / "DejaVuSans.ttf", fonts / "DejaVuSerif.ttf"
+
+
+def shared_characters() -> list[str]:
+    """Printable characters that both fonts draw (letters, digits, punctuation, symbols)."""
+    from fontTools.ttLib import TTFont
+
+    sans, serif = (set(TTFont(p).getBestCmap()) for p in _font_paths())
+    return [
+        chr(c)
+        for c in sorted(sans & serif)
+        if unicodedata.category(chr(c))[0] in "LNPS"  # skip spaces, controls, combining marks
+    ]
+
+
+def _render(char: str, font: ImageFont.FreeTypeFont) -> np.ndarray:
+    image = Image.new("L", (GLYPH_SIZE, GLYPH_SIZE), 255)
+    # Same anchor for both fonts: the translation is a change of style, not of position.
+    ImageDraw.Draw(image).text((GLYPH_SIZE / 2, GLYPH_SIZE / 2), char, font=font, fill=0, anchor="mm")
+    return np.asarray(image)
+
+
+def build_glyphs(folder: Path) -> None:
+    sans, serif = (ImageFont.truetype(str(p), int(GLYPH_SIZE * 0.6)) for p in _font_paths())
+    chars = shared_characters()
+    random.Random(0).shuffle(chars)
+    pairs = []
+    for char in chars:
+        a, b = _render(char, sans), _render(char, serif)
+        if a.min() < 128 and b.min() < 128:  # both fonts really draw something
+            pairs.append((f"u{ord(char):04x}", a, b))
+    n_train, n_val = round(len(pairs) * 0.70), round(len(pairs) * 0.15)
+    for i, (name, a, b) in enumerate(pairs):
+        split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+        _save(folder, split, name, a, b)
+
+
+# --- photo tiles ---------------------------------------------------------------------------
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    if isinstance(image, tuple):  # stereo_motorcycle returns (left, right, disparity)
+        image = image[0]
+    return image[:, :, :3]
+
+
+def _tiles(image: np.ndarray) -> list[np.ndarray]:
+    h, w = image.shape[:2]
+    short = min(h, w)
+    target = min(max(short, TILE), PHOTO_MAX_SHORT_SIDE)
+    if target != short:
+        scale = target / short
+        image = np.asarray(Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.BICUBIC))
+        h, w = image.shape[:2]
+    tops = range(0, h - TILE + 1, TILE_STRIDE)
+    lefts = range(0, w - TILE + 1, TILE_STRIDE)
+    return [image[t : t + TILE, left : left + TILE] for t in tops for left in lefts]
+
+
+def _to_gray(tile: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(tile).convert("L"))
+
+
+def _degrade(tile: np.ndarray) -> np.ndarray:
+    """Blur then JPEG at low quality: a restoration task with a strong identity baseline to beat."""
+    buffer = io.BytesIO()
+    Image.fromarray(tile).filter(ImageFilter.GaussianBlur(1.5)).save(buffer, format="JPEG", quality=20)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def _photo_builder(make_input: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
+    def build(folder: Path) -> None:
+        for split, photos in PHOTO_SPLITS.items():
+            for photo in photos:
+                for i, tile in enumerate(_tiles(_photo(photo))):
+                    _save(folder, split, f"{photo}-{i:03d}", make_input(tile), tile)
+
+    return build
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "glyphs": build_glyphs,
+    "colorize": _photo_builder(_to_gray),
+    "restore": _photo_builder(_degrade),
+}

@@ -1,0 +1,59 @@
+"""Checkpoints and other files written atomically (temp file in the same folder, then rename).
+
+A checkpoint holds everything needed to continue or rebuild a run: the full config, models,
+optimizers, schedulers, the epoch, RNG states and the metric history. Loading uses
+`weights_only=True`, so only tensors and plain containers are ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.errors import UserError
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    _write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_atomic_bytes(path: Path, data: bytes) -> None:
+    _write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    _write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_torch(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; point to a run's last.pt or best.pt")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated file, foreign pickle, not a checkpoint at all
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); use a file this trainer wrote") from None

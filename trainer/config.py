@@ -1,0 +1,175 @@
+"""Typed, validated configuration: the one place where every training default lives.
+
+The field names are the project's vocabulary: the same spelling (`lambda_l1`, `dropout`, `lr_G`,
+`lr_D`, ...) appears in search-space YAML, in Tune configs, in W&B and in model cards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from trainer.errors import UserError
+
+LrPolicy = Literal["linear", "cosine", "plateau"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Device = Literal["auto", "cpu", "cuda"]
+CompileMode = Literal["auto", "on", "off"]
+
+MIN_SIZE = 32  # the U-Net needs at least five 2x downsamplings
+MAX_SIZE = 2048
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Everything needed to rebuild a generator: stored in checkpoints and model cards."""
+
+    in_channels: int
+    out_channels: int
+    size: int
+    ngf: int = 64
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.in_channels >= 1 and self.out_channels >= 1, "channels", "must be >= 1")
+        _check(
+            _is_power_of_two(self.size) and MIN_SIZE <= self.size <= MAX_SIZE,
+            "size",
+            f"must be a power of 2 between {MIN_SIZE} and {MAX_SIZE} (got {self.size}); "
+            "the U-Net halves the image down to 1x1",
+        )
+        _check(self.ngf >= 1, "ngf", "must be >= 1")
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
+
+
+def opt(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word
+    """A config field with its CLI help text, so the default and its meaning live in one place."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Flat on purpose: a search space overrides any field by name."""
+
+    # data
+    data: str = opt("builtin:glyphs", "a folder (A|B images, or A/ and B/) or builtin:glyphs|colorize|restore")
+    size: int = opt(256, "image side in pixels, a power of 2 (32-2048)")
+    batch_size: int = opt(16, "images per training step")
+    flip: bool = opt(True, "random horizontal flips (same for A and B) during training")
+    jitter: bool = opt(False, "reference random jitter: resize to size*286/256, random crop back")
+    split_seed: int = opt(0, "seed of the 70/15/15 split; fixed across a search so every trial sees the same split")
+    max_train_images: int = opt(0, "use at most this many training pairs (0 = all)")
+
+    # model
+    ngf: int = opt(64, "generator width (filters in the first layer)")
+    ndf: int = opt(64, "discriminator width")
+    dropout: float = opt(0.5, "dropout in the three innermost decoder blocks (0 disables it)")
+
+    # objective: G loss = gan_weight * adversarial + lambda_l1 * L1
+    lambda_l1: float = opt(100.0, "weight of the L1 term in the generator loss")
+    gan_weight: float = opt(1.0, "weight of the adversarial term; 0 = the L1-only baseline (no discriminator)")
+
+    # optimisation
+    epochs: int = opt(20, "training epochs")
+    lr_G: float = opt(2e-4, "generator Adam learning rate")
+    lr_D: float = opt(2e-4, "discriminator Adam learning rate")
+    beta1: float = opt(0.5, "Adam beta1")
+    beta2: float = opt(0.999, "Adam beta2")
+    lr_policy: LrPolicy = opt("linear", "linear (constant, then linear to 0), cosine, or plateau (halve on val SSIM plateau)")
+    lr_decay_start: float = opt(0.5, "linear policy: fraction of epochs at constant lr before the decay")
+    plateau_patience: int = opt(3, "plateau policy: epochs without val SSIM gain before halving the lr")
+
+    # execution: each speed switch is its own knob so `trainer.bench` can measure each gain
+    seed: int = opt(0, "seed of weights, dropout, shuffling and augmentation")
+    device: Device = opt("auto", "auto (CUDA if present, else CPU), cpu or cuda")
+    precision: Precision = opt("auto", "auto (bf16 where the hardware has bf16 units, fp16 on older GPUs), fp32, bf16, fp16")
+    channels_last: bool = opt(True, "channels-last memory layout (faster convolutions)")
+    compile: CompileMode = opt("off", "torch.compile the networks: on, off, or auto (on for CUDA)")
+    fused_adam: bool = opt(True, "fused Adam (one kernel) instead of the per-parameter loop")
+    log_every: int = opt(25, "steps between reads of the losses (each read syncs the device)")
+
+    # evaluation
+    val_batch_size: int = opt(32, "images per evaluation batch")
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.data, str) and self.data != "", "data", "must name a folder or builtin:NAME")
+        _check(
+            _is_power_of_two(self.size) and MIN_SIZE <= self.size <= MAX_SIZE,
+            "size",
+            f"must be a power of 2 between {MIN_SIZE} and {MAX_SIZE} (got {self.size}); "
+            "the U-Net halves the image down to 1x1",
+        )
+        for name in ("batch_size", "epochs", "ngf", "ndf", "log_every", "val_batch_size", "plateau_patience"):
+            _check(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
+        _check(self.max_train_images >= 0, "max_train_images", "must be >= 0 (0 means all)")
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
+        _check(self.lambda_l1 >= 0, "lambda_l1", f"must be >= 0 (got {self.lambda_l1})")
+        _check(self.gan_weight >= 0, "gan_weight", f"must be >= 0 (got {self.gan_weight})")
+        _check(self.lambda_l1 > 0 or self.gan_weight > 0, "lambda_l1", "and gan_weight cannot both be 0")
+        for name in ("lr_G", "lr_D"):
+            _check(0 < getattr(self, name) < 1, name, f"must be in (0, 1) (got {getattr(self, name)})")
+        for name in ("beta1", "beta2"):
+            _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1) (got {getattr(self, name)})")
+        _check(0 <= self.lr_decay_start <= 1, "lr_decay_start", "must be a fraction in [0, 1]")
+        for name, kind in (("lr_policy", LrPolicy), ("precision", Precision), ("device", Device), ("compile", CompileMode)):
+            allowed = get_args(kind)
+            _check(getattr(self, name) in allowed, name, f"must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+
+    @property
+    def uses_gan(self) -> bool:
+        return self.gan_weight > 0
+
+    def generator_config(self, in_channels: int, out_channels: int) -> GeneratorConfig:
+        return GeneratorConfig(in_channels, out_channels, self.size, self.ngf, self.dropout)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from loose key/values (YAML, Tune, checkpoints), rejecting unknown keys and bad types."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(defaults))
+        if unknown:
+            raise UserError(
+                f"{source}: unknown trainer parameter(s) {', '.join(unknown)}; allowed: {', '.join(defaults)}"
+            )
+        coerced = {name: _coerce(name, value, type(defaults[name]), source) for name, value in values.items()}
+        try:
+            return cls(**coerced)
+        except UserError as err:
+            raise UserError(f"{source}: {err}") from None
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def trainer_parameter_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _coerce(name: str, value: Any, expected: type, source: str) -> Any:
+    """YAML and Tune hand over ints for floats and numpy scalars: accept those, reject real type errors."""
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise UserError(f"{source}: {name} must be a {expected.__name__} (got {value!r})")
+    return expected(value)
+
+
+def _check(ok: bool, name: str, what: str) -> None:
+    if not ok:
+        raise UserError(f"{name} {what}")
+

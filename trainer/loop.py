@@ -1,0 +1,366 @@
+"""The training loop: read `train` top to bottom.
+
+`train(cfg, run_dir)` is a generator: it yields one EpochResult per epoch, after that epoch's
+checkpoint is on disk, so a caller (the CLI, a Ray Tune trainable, a test) can report, log or stop
+the run between epochs simply by not asking for the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.checkpoint import BEST, LAST, copy_atomic, load_torch, save_torch
+from trainer.config import GeneratorConfig, TrainConfig
+from trainer.data import PairedData, PairedImages, augment, load_paired_data
+from trainer.errors import TrainingDiverged, UserError
+from trainer.metrics import METRIC_NAMES, per_image_metrics
+from trainer.models import PatchDiscriminator, UNetGenerator, init_weights
+
+LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")  # G_L1 is logged without lambda_l1
+StepCallback = Callable[[int, int, int], None]  # (epoch, step within epoch, steps per epoch)
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # epochs completed, from 1
+    losses: dict[str, float]  # G_GAN, G_L1 (unscaled), D_real, D_fake: means over the epoch
+    val: dict[str, float]  # val_ssim, val_psnr, val_mae
+    lr_G: float
+    lr_D: float
+    best_val_ssim: float
+    best_epoch: int
+    seconds: float
+    images_per_s: float
+    run_dir: Path
+
+    @property
+    def is_best(self) -> bool:
+        return self.best_epoch == self.epoch
+
+    def metrics(self) -> dict[str, float | int]:
+        """Flat name -> number, the names used everywhere downstream (Tune, W&B, reports)."""
+        return {
+            "epoch": self.epoch,
+            **self.losses,
+            **self.val,
+            "lr_G": self.lr_G,
+            "lr_D": self.lr_D,
+            "best_val_ssim": self.best_val_ssim,
+            "best_epoch": self.best_epoch,
+            "epoch_seconds": self.seconds,
+            "images_per_s": self.images_per_s,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# device and precision
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was requested but no CUDA GPU is visible; use --device auto or cpu")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def cpu_has_bf16_units() -> bool:
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype, or None for plain fp32. `auto` picks what the hardware runs fast."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_bf16_units() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+
+
+def build_generator(gcfg: GeneratorConfig, device: torch.device, channels_last: bool = False) -> UNetGenerator:
+    G = UNetGenerator(gcfg)
+    init_weights(G)
+    return G.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+
+
+def build_discriminator(cfg: TrainConfig, channels: int, device: torch.device) -> PatchDiscriminator:
+    D = PatchDiscriminator(channels, cfg.ndf)
+    init_weights(D)
+    return D.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+
+
+def build_optimizer(module: nn.Module, lr: float, cfg: TrainConfig) -> torch.optim.Adam:
+    # fused: one kernel for all parameters; otherwise the reference's per-parameter loop.
+    kind = {"fused": True} if cfg.fused_adam else {"foreach": False}
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), **kind)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
+    if cfg.lr_policy == "linear":
+        # Reference schedule: constant, then linear decay towards 0 over the remaining epochs.
+        constant = round(cfg.epochs * cfg.lr_decay_start)
+        decay = cfg.epochs - constant
+
+        def factor(epoch: int) -> float:
+            return 1.0 - max(0, epoch + 1 - constant) / (decay + 1)
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if cfg.lr_policy == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=cfg.plateau_patience)
+
+
+def step_scheduler(scheduler: Any, val_ssim: float) -> None:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_ssim)
+    else:
+        scheduler.step()
+
+
+def set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def generator_forward(G: nn.Module, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    with autocast(device, dtype):
+        return G(images).float()
+
+
+@torch.no_grad()
+def evaluate(
+    G: nn.Module,
+    images: PairedImages,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    batch_size: int = 32,
+    prefix: str = "val",
+) -> dict[str, float]:
+    """Mean SSIM / PSNR / MAE of G's outputs over a split (G in eval mode: running BN stats, no dropout)."""
+    was_training = G.training
+    G.eval()
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in METRIC_NAMES}
+    for start in range(0, len(images), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(images)))
+        a, b = images.batch(index)
+        fake = generator_forward(G, a.to(device), device, dtype)
+        for name, values in per_image_metrics(fake, b.to(device)).items():
+            parts[name].append(values)
+    G.train(was_training)
+    return {f"{prefix}_{name}": torch.cat(values).mean().item() for name, values in parts.items()}
+
+
+@torch.no_grad()
+def identity_baseline(images: PairedImages, device: torch.device, batch_size: int = 64, prefix: str = "test") -> dict[str, float]:
+    """The metrics of output = input: what a model must beat to have learned anything."""
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in METRIC_NAMES}
+    for start in range(0, len(images), batch_size):
+        a, b = images.batch(torch.arange(start, min(start + batch_size, len(images))))
+        for name, values in per_image_metrics(a.to(device), b.to(device)).items():
+            parts[name].append(values)
+    return {f"{prefix}_{name}": torch.cat(values).mean().item() for name, values in parts.items()}
+
+
+def rng_state(data_rng: torch.Generator) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "data": data_rng.get_state(),
+    }
+
+
+def restore_rng(state: dict[str, Any], data_rng: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    data_rng.set_state(state["data"])
+
+
+def check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    differences = [
+        f"{name} {saved[name]!r} -> {value!r}" for name, value in cfg.to_dict().items() if saved.get(name) != value
+    ]
+    if differences:
+        raise UserError(
+            f"{path}: was trained with other settings ({'; '.join(differences)}); "
+            "resume with the same settings or choose a new output folder"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool = False,
+    on_step: StepCallback | None = None,
+    data: PairedData | None = None,
+) -> Iterator[EpochResult]:
+    """Train Pix2Pix; yield one EpochResult per epoch after writing `last.pt` (and `best.pt`)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+    torch.manual_seed(cfg.seed)
+    data_rng = torch.Generator().manual_seed(cfg.seed)
+
+    # --- data: decoded once, kept on the device as integers ---
+    if data is None:
+        data = load_paired_data(cfg.data, cfg.size, cfg.split_seed, run_dir, cfg.jitter, cfg.max_train_images)
+    train_set = data.splits["train"].to(device)
+    val_set = data.splits["val"]
+    steps_per_epoch = max(1, len(train_set) // cfg.batch_size)  # drop the last partial batch: BN needs batches
+
+    # --- models, optimizers, schedulers ---
+    gcfg = cfg.generator_config(data.in_channels, data.out_channels)
+    G = build_generator(gcfg, device, cfg.channels_last)
+    opt_G = build_optimizer(G, cfg.lr_G, cfg)
+    sched_G = build_scheduler(opt_G, cfg)
+    D = opt_D = sched_D = None
+    if cfg.uses_gan:  # L1-only baseline: no discriminator at all
+        D = build_discriminator(cfg, data.in_channels + data.out_channels, device)
+        opt_D = build_optimizer(D, cfg.lr_D, cfg)
+        sched_D = build_scheduler(opt_D, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    compile_models = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+    G_step = torch.compile(G) if compile_models else G
+    D_step = torch.compile(D) if compile_models and D is not None else D
+
+    history: list[dict[str, float | int]] = []
+    best_val_ssim, best_epoch, start_epoch = -math.inf, 0, 0
+    if resume and (run_dir / LAST).exists():
+        state = load_torch(run_dir / LAST)
+        check_resumable(state["config"], cfg, run_dir / LAST)
+        G.load_state_dict(state["G"])
+        opt_G.load_state_dict(state["opt_G"])
+        sched_G.load_state_dict(state["sched_G"])
+        if D is not None:
+            D.load_state_dict(state["D"])
+            opt_D.load_state_dict(state["opt_D"])
+            sched_D.load_state_dict(state["sched_D"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"], data_rng)
+        history = state["history"]
+        best_val_ssim, best_epoch, start_epoch = state["best_val_ssim"], state["best_epoch"], state["epoch"]
+
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    for epoch in range(start_epoch, cfg.epochs):
+        G.train()
+        started = time.perf_counter()
+        order = torch.randperm(len(train_set), generator=data_rng)
+        # Losses accumulate on the device and are read once per log interval: no sync per step.
+        sums = torch.zeros(len(LOSS_NAMES), device=device)
+        for step in range(steps_per_epoch):
+            a, b = train_set.batch(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
+            a, b = augment(a, b, cfg.size, cfg.flip, data_rng)
+            a = a.contiguous(memory_format=memory_format)
+            b = b.contiguous(memory_format=memory_format)
+
+            with autocast(device, amp_dtype):
+                fake = G_step(a)
+            zero = torch.zeros((), device=device)
+            g_gan = d_real = d_fake = zero
+            if D is not None:
+                # D: real pairs -> 1, generated pairs -> 0 (G's output detached).
+                set_requires_grad(D, True)
+                with autocast(device, amp_dtype):
+                    real_logits = D_step(a, b)
+                    fake_logits = D_step(a, fake.detach())
+                    d_real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                    d_fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+                opt_D.zero_grad(set_to_none=True)
+                scaler.scale(0.5 * (d_real + d_fake)).backward()
+                scaler.step(opt_D)
+                # G's adversarial term: fool D, whose weights stay fixed for this step.
+                set_requires_grad(D, False)
+                with autocast(device, amp_dtype):
+                    logits = D_step(a, fake)
+                    g_gan = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+            g_l1 = (fake.float() - b).abs().mean()
+            opt_G.zero_grad(set_to_none=True)
+            scaler.scale(cfg.gan_weight * g_gan + cfg.lambda_l1 * g_l1).backward()
+            scaler.step(opt_G)
+            scaler.update()
+
+            sums += torch.stack([g_gan, g_l1, d_real, d_fake]).detach().float()
+            last_step = step == steps_per_epoch - 1
+            if (step + 1) % cfg.log_every == 0 or last_step:
+                if not torch.isfinite(sums).all():
+                    raise TrainingDiverged(f"loss became NaN or infinite in epoch {epoch + 1}, step {step + 1}")
+            if on_step is not None:
+                on_step(epoch + 1, step + 1, steps_per_epoch)
+
+        losses = dict(zip(LOSS_NAMES, (sums / steps_per_epoch).tolist()))
+        if D is None:  # the L1-only baseline has no adversarial terms to report
+            losses = {"G_L1": losses["G_L1"]}
+        val = evaluate(G, val_set, device, amp_dtype, cfg.val_batch_size, prefix="val")
+        lr_G, lr_D = opt_G.param_groups[0]["lr"], (opt_D.param_groups[0]["lr"] if opt_D else cfg.lr_D)
+        step_scheduler(sched_G, val["val_ssim"])
+        if sched_D is not None:
+            step_scheduler(sched_D, val["val_ssim"])
+        if val["val_ssim"] > best_val_ssim:
+            best_val_ssim, best_epoch = val["val_ssim"], epoch + 1
+        seconds = time.perf_counter() - started
+        result = EpochResult(
+            epoch=epoch + 1,
+            losses=losses,
+            val=val,
+            lr_G=lr_G,
+            lr_D=lr_D,
+            best_val_ssim=best_val_ssim,
+            best_epoch=best_epoch,
+            seconds=seconds,
+            images_per_s=steps_per_epoch * cfg.batch_size / seconds,
+            run_dir=run_dir,
+        )
+        history.append(result.metrics())
+
+        state = {
+            "config": cfg.to_dict(),
+            "generator_config": dataclasses.asdict(gcfg),
+            "epoch": epoch + 1,
+            "G": G.state_dict(),
+            "D": D.state_dict() if D is not None else None,
+            "opt_G": opt_G.state_dict(),
+            "opt_D": opt_D.state_dict() if opt_D is not None else None,
+            "sched_G": sched_G.state_dict(),
+            "sched_D": sched_D.state_dict() if sched_D is not None else None,
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(data_rng),
+            "history": history,
+            "best_val_ssim": best_val_ssim,
+            "best_epoch": best_epoch,
+            "split_hash": data.split_hash,
+            "data_source": data.source,
+        }
+        save_torch(run_dir / LAST, state)
+        if result.is_best:
+            copy_atomic(run_dir / LAST, run_dir / BEST)
+        yield result
