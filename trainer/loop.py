@@ -43,6 +43,7 @@ class EpochResult:
     seconds: float
     images_per_s: float
     run_dir: Path
+    generator: nn.Module = dataclasses.field(repr=False)  # the live model, e.g. for sample images
 
     @property
     def is_best(self) -> bool:
@@ -150,26 +151,37 @@ def generator_forward(G: nn.Module, images: torch.Tensor, device: torch.device, 
         return G(images).float()
 
 
+def load_run_data(cfg: TrainConfig, run_dir: Path | None) -> PairedData:
+    """The data of a run as its config describes it (split saved to / reused from run_dir)."""
+    return load_paired_data(cfg.data, cfg.size, cfg.split_seed, run_dir, cfg.jitter, cfg.max_train_images)
+
+
+@torch.no_grad()
+def translate(G: nn.Module, inputs: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """G's outputs in eval mode (running BN statistics, no dropout), on G's device, as float32."""
+    was_training = G.training
+    G.eval()
+    device = next(G.parameters()).device
+    outputs = generator_forward(G, inputs.to(device), device, dtype)
+    G.train(was_training)
+    return outputs
+
+
 @torch.no_grad()
 def evaluate(
     G: nn.Module,
     images: PairedImages,
-    device: torch.device,
     dtype: torch.dtype | None = None,
     batch_size: int = 32,
     prefix: str = "val",
 ) -> dict[str, float]:
     """Mean SSIM / PSNR / MAE of G's outputs over a split (G in eval mode: running BN stats, no dropout)."""
-    was_training = G.training
-    G.eval()
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in METRIC_NAMES}
     for start in range(0, len(images), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(images)))
-        a, b = images.batch(index)
-        fake = generator_forward(G, a.to(device), device, dtype)
-        for name, values in per_image_metrics(fake, b.to(device)).items():
+        a, b = images.batch(torch.arange(start, min(start + batch_size, len(images))))
+        fake = translate(G, a, dtype)
+        for name, values in per_image_metrics(fake, b.to(fake.device)).items():
             parts[name].append(values)
-    G.train(was_training)
     return {f"{prefix}_{name}": torch.cat(values).mean().item() for name, values in parts.items()}
 
 
@@ -233,7 +245,7 @@ def train(
 
     # --- data: decoded once, kept on the device as integers ---
     if data is None:
-        data = load_paired_data(cfg.data, cfg.size, cfg.split_seed, run_dir, cfg.jitter, cfg.max_train_images)
+        data = load_run_data(cfg, run_dir)
     train_set = data.splits["train"].to(device)
     val_set = data.splits["val"]
     steps_per_epoch = max(1, len(train_set) // cfg.batch_size)  # drop the last partial batch: BN needs batches
@@ -320,7 +332,7 @@ def train(
         losses = dict(zip(LOSS_NAMES, (sums / steps_per_epoch).tolist()))
         if D is None:  # the L1-only baseline has no adversarial terms to report
             losses = {"G_L1": losses["G_L1"]}
-        val = evaluate(G, val_set, device, amp_dtype, cfg.val_batch_size, prefix="val")
+        val = evaluate(G, val_set, amp_dtype, cfg.val_batch_size, prefix="val")
         lr_G, lr_D = opt_G.param_groups[0]["lr"], (opt_D.param_groups[0]["lr"] if opt_D else cfg.lr_D)
         step_scheduler(sched_G, val["val_ssim"])
         if sched_D is not None:
@@ -339,6 +351,7 @@ def train(
             seconds=seconds,
             images_per_s=steps_per_epoch * cfg.batch_size / seconds,
             run_dir=run_dir,
+            generator=G,
         )
         history.append(result.metrics())
 
