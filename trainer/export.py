@@ -98,6 +98,13 @@ def export_onnx(G: UNetGenerator, path: Path, example: torch.Tensor) -> float:
     return diff
 
 
+def generator_from_checkpoint(state: dict[str, Any]) -> UNetGenerator:
+    """The generator of a training checkpoint (last.pt / best.pt contents), in eval mode on the CPU."""
+    G = UNetGenerator(GeneratorConfig(**state["generator_config"]))
+    G.load_state_dict(state["G"])
+    return G.eval()
+
+
 def load_generator(folder: Path) -> tuple[UNetGenerator, dict[str, Any]]:
     """The exported generator (eval mode, CPU) and its model card."""
     folder = Path(folder)

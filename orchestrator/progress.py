@@ -1,0 +1,81 @@
+"""A live rich table of the search's trials, in place of Ray Tune's raw status tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from orchestrator.trainable import end_reason
+
+SHOWN_PARAMS = ("lambda_l1", "dropout", "lr_G", "lr_D")
+STATUS_STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim", "PAUSED": "yellow"}
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e3 else f"{value:.3f}"
+    return "" if value is None else str(value)
+
+
+class LiveTrialTable(tune.Callback):
+    """Redraws one table on every trial event. Pickled with Tune's experiment state, so the
+    console objects are created lazily and dropped on pickling."""
+
+    def __init__(self, params: tuple[str, ...], epochs: int) -> None:
+        self.params = tuple(p for p in SHOWN_PARAMS if p in params) + tuple(p for p in params if p not in SHOWN_PARAMS)
+        self.epochs = epochs
+        self._live: Live | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_live": None}
+
+    def table(self, trials: list[Any]) -> Table:
+        table = Table(title="pix2pix-tune search", title_justify="left", expand=False)
+        for column in ("trial", "status", *self.params, "epoch", "val SSIM", "best"):
+            table.add_column(column, justify="left" if column in ("trial", "status") else "right")
+        best_overall = max((t.last_result.get("best_val_ssim", -1) for t in trials if t.last_result), default=None)
+        for trial in trials:
+            result = trial.last_result or {}
+            best = result.get("best_val_ssim")
+            status = trial.status
+            if status in ("TERMINATED", "ERROR"):
+                status = end_reason(result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")),
+                                    trial.status == "ERROR")
+            table.add_row(
+                trial.trial_id,
+                f"[{STATUS_STYLE.get(trial.status, '')}]{status}[/]",
+                *(format_value(trial.config.get(p)) for p in self.params),
+                f"{result.get('epoch', 0)}/{self.epochs}",
+                format_value(result.get("val_ssim")),
+                ("[bold green]" if best is not None and best == best_overall else "") + format_value(best),
+            )
+        return table
+
+    def redraw(self, trials: list[Any]) -> None:
+        if self._live is None:
+            self._live = Live(self.table(trials), console=Console(), refresh_per_second=2, transient=False)
+            self._live.start()
+        else:
+            self._live.update(self.table(trials))
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.redraw(trials)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.redraw(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.redraw(trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.redraw(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self._live is not None:
+            self._live.update(self.table(trials))
+            self._live.stop()
+            self._live = None

@@ -1,0 +1,220 @@
+"""After the trials: what happened to each, the Optuna study on disk, the export of the best generator,
+and the experiment's summary.json (the input of the report)."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from rich.table import Table
+
+from orchestrator.spec import SearchSpec
+from orchestrator.trainable import FAILED, FINISHED, end_reason
+from orchestrator.wandb_logging import sync_command
+from trainer.checkpoint import LAST, load_torch, write_atomic_text
+from trainer.config import TrainConfig
+from trainer.export import export_generator, generator_from_checkpoint
+from trainer.loop import evaluate, identity_baseline, load_run_data, pick_device
+
+HISTORY_KEYS = ("epoch", "G_GAN", "G_L1", "D_real", "D_fake", "val_ssim", "val_psnr", "val_mae", "lr_G", "lr_D")
+SUMMARY_FILE = "summary.json"
+GRID_SAMPLES = 8
+VERSIONED_PACKAGES = ("torch", "torchvision", "ray", "optuna", "wandb", "scikit-image", "onnx", "onnxruntime")
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def summarize_trials(results: Any, epochs: int) -> list[dict[str, Any]]:
+    """One record per Tune trial: status, why it ended, params, per-epoch history."""
+    trials = []
+    for result in results:
+        metrics = result.metrics or {}
+        history = []
+        if result.metrics_dataframe is not None and "epoch" in result.metrics_dataframe:
+            frame = result.metrics_dataframe
+            for row in frame.to_dict("records"):
+                if not math.isnan(row.get("epoch", math.nan)):
+                    history.append({k: _number(row[k]) for k in HISTORY_KEYS if k in row})
+        epochs_run = int(metrics.get("epoch", 0))
+        failed = result.error is not None
+        status = end_reason(epochs_run, epochs, bool(metrics.get("plateau_stop")), failed)
+        reason = {
+            FINISHED: f"ran all {epochs} epochs",
+            "stopped_asha": f"stopped by ASHA after epoch {epochs_run}",
+            "stopped_plateau": f"no val SSIM gain for the last {epochs_run - int(metrics.get('best_epoch', 0))} epochs",
+            FAILED: error_line(result.error),
+        }[status]
+        trials.append(
+            {
+                "trial_id": metrics.get("trial_id", Path(result.path).name),
+                "status": status,
+                "reason": reason,
+                "params": dict(metrics.get("config") or {}),
+                "history": history,
+                "epochs": epochs_run,
+                "best_val_ssim": _number(metrics.get("best_val_ssim")),
+                "best_epoch": int(metrics["best_epoch"]) if "best_epoch" in metrics else None,
+                "node_id": metrics.get("node_id"),
+            }
+        )
+    return sorted(trials, key=lambda t: t["trial_id"])
+
+
+def error_line(error: BaseException | None) -> str:
+    """The root cause in one line (Ray wraps trial errors in its own exception types)."""
+    if error is None:
+        return ""
+    cause = error
+    while getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(cause).__name__
+
+
+def write_optuna_study(path: Path, name: str, spec: SearchSpec, trials: list[dict[str, Any]]) -> None:
+    """Write the search's trials as an Optuna study in SQLite (for optuna-dashboard and later analysis).
+
+    It is rebuilt from Tune's trial records rather than written live: Tune checkpoints its trial list
+    and the searcher together, so after a killed driver these records have no orphaned or duplicated
+    trials, which a study written live could have.
+    """
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path.resolve()}")
+    if name in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
+        optuna.delete_study(study_name=name, storage=storage)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    distributions = spec.distributions()
+    states = {FINISHED: optuna.trial.TrialState.COMPLETE, FAILED: optuna.trial.TrialState.FAIL}
+    for trial in trials:
+        params = {k: v for k, v in trial["params"].items() if k in distributions}
+        state = states.get(trial["status"], optuna.trial.TrialState.PRUNED)
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: distributions[k] for k in params},
+                value=trial["best_val_ssim"] if state == optuna.trial.TrialState.COMPLETE else None,
+                state=state,
+                intermediate_values={int(h["epoch"]): h["val_ssim"] for h in trial["history"] if h.get("val_ssim") is not None},
+                user_attrs={"trial_id": trial["trial_id"], "end_reason": trial["status"],
+                            "best_val_ssim": trial["best_val_ssim"]},
+            )
+        )
+    storage.remove_session()
+
+
+def best_checkpoint_dir(results: Any, trial_id: str) -> Path:
+    for result in results:
+        if result.metrics.get("trial_id") == trial_id:
+            checkpoint, _ = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_ssim", -math.inf))
+            return Path(checkpoint.to_directory())
+    raise KeyError(trial_id)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def export_best(results: Any, trials: list[dict[str, Any]], spec: SearchSpec, best_dir: Path,
+                experiment_path: str) -> dict[str, Any] | None:
+    """Evaluate the best trial's best epoch on the test split and export its generator."""
+    scored = [t for t in trials if t["best_val_ssim"] is not None]
+    if not scored:
+        return None
+    best = max(scored, key=lambda t: t["best_val_ssim"])
+    checkpoint_dir = best_checkpoint_dir(results, best["trial_id"])
+    state = load_torch(checkpoint_dir / LAST)
+    cfg = TrainConfig.from_dict(state["config"], source=str(checkpoint_dir / LAST))
+    device = pick_device("auto")
+    G = generator_from_checkpoint(state).to(device)
+    data = load_run_data(cfg, checkpoint_dir)  # the split.json saved with the checkpoint: the same split
+    test = data.splits["test"]
+    test_metrics = evaluate(G, test, prefix="test")
+    val_metrics = evaluate(G, data.splits["val"], prefix="val")
+    identity = identity_baseline(test, device, prefix="test") if data.has_identity_baseline else None
+    card = {
+        "name": "pix2pix-tune generator",
+        "trial_id": best["trial_id"],
+        "epoch": state["epoch"],
+        "hyperparameters": {k: best["params"][k] for k in spec.space if k in best["params"]},
+        "train_config": cfg.to_dict(),
+        "val": val_metrics,
+        "test": test_metrics,
+        "identity_test": identity,
+        "test_images": len(test),
+        "data": {"source": cfg.data, "split_hash": data.split_hash,
+                 "splits": {s: len(names) for s, names in data.split_names.items()}},
+        "metrics_note": "SSIM (7x7 uniform window, K1 0.01, K2 0.03, sample covariance), PSNR and MAE on images "
+                        "scaled to [-1, 1] (data_range 2); means over test images; G in eval mode",
+        "experiment": experiment_path,
+        "versions": library_versions(),
+    }
+    n = min(GRID_SAMPLES, len(test))
+    inputs, targets = test.batch(torch.arange(n))
+    card = export_generator(G.cpu(), best_dir, card, samples=(inputs, targets))
+    return {"trial_id": best["trial_id"], "params": best["params"], "epoch": state["epoch"], "val": val_metrics,
+            "test": test_metrics, "identity_test": identity, "export_dir": best_dir.name, "card": card}
+
+
+def write_summary(out_dir: Path, name: str, spec: SearchSpec, trials: list[dict[str, Any]],
+                  best: dict[str, Any] | None, wall_seconds: float, wandb_mode: str, wandb_dir: Path) -> dict[str, Any]:
+    cfg = spec.trial_config({})
+    summary = {
+        "name": name,
+        "experiment_dir": str(out_dir),
+        "metric": "val_ssim",
+        "mode": "max",
+        "data": cfg.data,
+        "fixed": spec.train,
+        "space": {name: p.describe() for name, p in spec.space.items()},
+        "search": spec.search.__dict__,
+        "num_samples": spec.search.num_samples,
+        "wall_seconds": wall_seconds,
+        "wandb": None if wandb_mode == "off" else
+        {"mode": wandb_mode, "dir": str(wandb_dir), "sync_command": sync_command(wandb_dir)},
+        "trials": trials,
+        "best": {k: v for k, v in best.items() if k != "card"} if best else None,
+    }
+    write_atomic_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def render_summary(summary: dict[str, Any]) -> Table:
+    counts: dict[str, int] = {}
+    for trial in summary["trials"]:
+        counts[trial["status"]] = counts.get(trial["status"], 0) + 1
+    table = Table(title=f"{summary['name']}: {len(summary['trials'])} trials in {summary['wall_seconds']:.0f} s "
+                        f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})", title_justify="left")
+    best = summary["best"]
+    if best is None:
+        table.add_column("result")
+        table.add_row("no trial produced a result; see the reasons below")
+        for trial in summary["trials"]:
+            table.add_row(f"{trial['trial_id']}: {trial['reason']}")
+        return table
+    table.add_column("best trial " + best["trial_id"] + f" (epoch {best['epoch']})")
+    table.add_column("SSIM", justify="right")
+    table.add_column("PSNR dB", justify="right")
+    table.add_column("MAE", justify="right")
+    rows = [("val", best["val"], "val"), ("test", best["test"], "test")]
+    if best["identity_test"]:
+        rows.append(("test, identity baseline (output = input)", best["identity_test"], "test"))
+    for label, values, prefix in rows:
+        table.add_row(label, *(f"{values[f'{prefix}_{m}']:.4f}" for m in ("ssim", "psnr", "mae")))
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    table.caption = f"params: {params}\nstopped or failed trials: " + "; ".join(
+        f"{t['trial_id']} {t['status']}" for t in summary["trials"] if t["status"] != FINISHED
+    )
+    return table

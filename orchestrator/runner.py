@@ -1,0 +1,162 @@
+"""Running a search: Ray set-up, the Tuner (Optuna TPE + ASHA), and what happens after the trials."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+from rich.console import Console
+
+from orchestrator.progress import LiveTrialTable
+from orchestrator.results import export_best, summarize_trials, write_optuna_study, write_summary
+from orchestrator.spec import SearchSpec
+from orchestrator.trainable import TrialSettings, run_trial
+from orchestrator.wandb_logging import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
+from trainer.errors import UserError
+
+console = Console()
+METRIC = "val_ssim"  # ASHA compares trials on each epoch's val SSIM
+SEARCH_METRIC = "best_val_ssim"  # Optuna learns from a trial's best epoch, the one that would be exported
+STUDY_FILE = "optuna.db"
+QUIET_ENV = {
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
+}
+
+
+def start_ray(address: str | None) -> bool:
+    """Join `address`, reuse a Ray already started in this process, or start one embedded.
+    Returns True when we started it (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    worker_env = {k: v for k, v in os.environ.items() if k.startswith("WANDB_") and k != "WANDB_API_KEY"}
+    runtime_env = {"env_vars": worker_env} if worker_env else None
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
+                 object_store_memory=256 * 1024**2)
+    return True
+
+
+def make_searcher(spec: SearchSpec) -> OptunaSearch:
+    sampler = optuna.samplers.TPESampler(
+        multivariate=True,  # model the parameters jointly: lambda_l1 and the lrs interact
+        group=True,
+        constant_liar=True,  # running trials count as pessimistic results: parallel trials spread out
+        seed=spec.search.seed,
+        n_startup_trials=spec.search.startup_trials,
+    )
+    return OptunaSearch(space=spec.distributions(), metric=SEARCH_METRIC, mode="max", sampler=sampler, seed=spec.search.seed)
+
+
+def make_scheduler(spec: SearchSpec, epochs: int) -> ASHAScheduler:
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=METRIC,
+        mode="max",
+        max_t=epochs,
+        grace_period=min(spec.search.grace_period, epochs),
+        reduction_factor=spec.search.reduction_factor,
+    )
+
+
+def make_trainable(spec: SearchSpec, settings: TrialSettings) -> Any:
+    resources = {"cpu": spec.search.cpus_per_trial, "gpu": spec.search.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(run_trial, settings=settings), resources)
+
+
+def build_tuner(spec: SearchSpec, name: str, storage_path: str, trainable: Any, epochs: int) -> tune.Tuner:
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(spec),
+            scheduler=make_scheduler(spec, epochs),
+            num_samples=spec.search.num_samples,
+            max_concurrent_trials=spec.search.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=[LiveTrialTable(tuple(spec.space), epochs)],
+            # Keep each trial's best checkpoint (by val SSIM) for the export; Tune also keeps the latest.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
+            ),
+            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+            verbose=0,
+        ),
+    )
+
+
+def run_search(spec: SearchSpec, name: str, storage_path: str, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    os.environ.update(QUIET_ENV)
+    experiment_path = f"{storage_path.rstrip('/')}/{name}"
+    if args.resume and not tune.Tuner.can_restore(experiment_path):
+        raise UserError(f"{experiment_path}: no search to resume there; check --storage-path and --name")
+    if not args.resume and Path(experiment_path).exists():
+        raise UserError(f"{experiment_path}: already exists; pass --resume to continue it or choose another --name")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    wandb_mode = check_online_or_fallback(resolve_wandb_mode(args.wandb))
+    wandb_dir = out_dir / "wandb"
+    cfg = spec.trial_config({})
+    settings = TrialSettings(
+        fixed=spec.train,
+        stop_patience=spec.search.stop_patience,
+        image_every=spec.search.image_every,
+        wandb_mode=wandb_mode,
+        wandb_project=args.wandb_project,
+        wandb_group=name,
+        wandb_dir=str(wandb_dir),
+    )
+    console.print(
+        f"[bold]search[/] {name}: {spec.search.num_samples} trials of {cfg.epochs} epochs on {cfg.data} "
+        f"({cfg.size} px), {spec.search.max_concurrent} at a time; space: {', '.join(spec.space)}; "
+        f"W&B {wandb_mode}\n  results: {experiment_path}"
+    )
+
+    started_ray = start_ray(args.address)
+    started = time.time()
+    try:
+        trainable = make_trainable(spec, settings)
+        if args.resume:
+            console.print(f"resuming {experiment_path}")
+            tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = build_tuner(spec, name, storage_path, trainable, cfg.epochs)
+        results = tuner.fit()
+        trials = summarize_trials(results, cfg.epochs)
+        write_optuna_study(out_dir / STUDY_FILE, name, spec, trials)
+        best = export_best(results, trials, spec, out_dir / "best", experiment_path)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    summary = write_summary(out_dir, name, spec, trials, best, time.time() - started, wandb_mode, wandb_dir)
+    log_search_run(wandb_mode, args.wandb_project, name, wandb_dir, trials,
+                   out_dir / "best" if best else None, best.get("card") if best else None)
+    from orchestrator.report import write_report
+
+    report = write_report(out_dir)
+    print_summary(summary, out_dir, report, wandb_mode, wandb_dir)
+    return summary
+
+
+def print_summary(summary: dict[str, Any], out_dir: Path, report: Path, wandb_mode: str, wandb_dir: Path) -> None:
+    from orchestrator.results import render_summary
+
+    console.print(render_summary(summary))
+    console.print(f"report: {report}")
+    console.print(f"Optuna study: optuna-dashboard sqlite:///{out_dir / STUDY_FILE}")
+    if wandb_mode == "offline":
+        console.print(f"W&B runs are offline; upload them with: {sync_command(wandb_dir)}")

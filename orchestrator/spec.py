@@ -1,0 +1,216 @@
+"""The search specification: one YAML file, validated on load, overridden by CLI flags.
+
+    train:   fixed trainer settings (any field of trainer.config.TrainConfig)
+    search:  how to search (num_samples, concurrency, resources, early stopping, seed)
+    space:   the searched parameters, each a distribution over a TrainConfig field
+
+A spec that loads is a spec that runs: every mistake is reported here, naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from trainer.config import TrainConfig, trainer_parameter_names
+from trainer.errors import UserError
+
+SECTIONS = ("train", "search", "space")
+SPACE_TYPES = ("float", "int", "categorical")
+# YAML 1.1 reads `1e-5` (no dot) as a string; accept it as the number everyone means.
+SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+class SpecLoader(yaml.SafeLoader):
+    pass
+
+
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", SCIENTIFIC, list("-+0123456789."))
+DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the search runs. Each field is also a CLI flag of `orchestrator.search`."""
+
+    num_samples: int = 8
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    grace_period: int = 2  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
+    stop_patience: int = 3  # plateau stop: epochs without a val SSIM gain; 0 = off
+    image_every: int = 2  # epochs between sample-image panels in W&B
+    max_failures: int = 2  # retries of a crashed trial (from its last checkpoint)
+    startup_trials: int = 3  # TPE: random trials before the model-based sampling starts
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "max_concurrent", "grace_period", "reduction_factor", "image_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"search.{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("stop_patience", "max_failures", "startup_trials"):
+            if getattr(self, name) < 0:
+                raise UserError(f"search.{name} must be >= 0 (got {getattr(self, name)})")
+        if self.reduction_factor < 2:
+            raise UserError(f"search.reduction_factor must be >= 2 (got {self.reduction_factor})")
+        if self.cpus_per_trial <= 0:
+            raise UserError(f"search.cpus_per_trial must be > 0 (got {self.cpus_per_trial})")
+        if self.gpus_per_trial < 0:
+            raise UserError(f"search.gpus_per_trial must be >= 0 (got {self.gpus_per_trial})")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter: float/int (low, high, log) or categorical (choices)."""
+
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        if self.type == "float":
+            return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
+        return optuna.distributions.CategoricalDistribution(list(self.choices))
+
+    def contains(self, value: Any) -> bool:
+        if self.type == "categorical":
+            return value in self.choices
+        return self.low <= value <= self.high
+
+    def describe(self) -> dict[str, Any]:
+        if self.type == "categorical":
+            return {"type": self.type, "choices": list(self.choices)}
+        return {"type": self.type, "low": self.low, "high": self.high, "log": self.log}
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    source: str
+    train: dict[str, Any]
+    search: SearchSettings
+    space: dict[str, Param] = field(default_factory=dict)
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {name: p.distribution() for name, p in self.space.items()}
+
+    def trial_config(self, params: dict[str, Any]) -> TrainConfig:
+        return TrainConfig.from_dict({**self.train, **params}, source=self.source)
+
+    def with_overrides(self, train: dict[str, Any], search: dict[str, Any]) -> SearchSpec:
+        """CLI flags win over the file; the result is validated like the file was."""
+        train = {**self.train, **{k: v for k, v in train.items() if v is not None}}
+        search_values = {k: v for k, v in search.items() if v is not None}
+        clash = sorted(set(train) & set(self.space))
+        if clash:
+            raise UserError(f"{self.source}: {', '.join(clash)} is searched in space and cannot also be fixed")
+        spec = SearchSpec(self.source, train, _settings(self.source, {**dataclasses.asdict(self.search), **search_values}), self.space)
+        spec.trial_config({})  # validates the fixed settings together
+        return spec
+
+
+def load_spec(path: Path) -> SearchSpec:
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise UserError(f"{source}: search space file not found; see search_spaces/ for examples")
+    try:
+        raw = yaml.load(path.read_text(), Loader=SpecLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{source}: not valid YAML{where} ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: must be a mapping with the sections {', '.join(SECTIONS)}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise UserError(f"{source}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(SECTIONS)}")
+    train = _mapping(source, "train", raw.get("train"))
+    search = _mapping(source, "search", raw.get("search"))
+    space = {name: _param(source, name, value) for name, value in _mapping(source, "space", raw.get("space")).items()}
+    clash = sorted(set(train) & set(space))
+    if clash:
+        raise UserError(f"{source}: {', '.join(clash)} appears in both train and space; fix it or search it, not both")
+    spec = SearchSpec(source, train, _settings(source, search), space)
+    spec.trial_config({})  # fixed settings alone must form a valid config
+    for p in space.values():  # every value the space can produce must be a valid trainer setting
+        for probe in (p.choices if p.type == "categorical" else (p.low, p.high)):
+            try:
+                TrainConfig.from_dict({**train, p.name: int(probe) if p.type == "int" else probe})
+            except UserError as err:
+                raise UserError(f"{source}: space.{p.name} allows a value the trainer rejects ({err})") from None
+    return spec
+
+
+def _mapping(source: str, key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{source}: {key} must be a mapping of name: value (got {type(value).__name__})")
+    return value
+
+
+def _settings(source: str, values: dict[str, Any]) -> SearchSettings:
+    fields = {f.name: f for f in dataclasses.fields(SearchSettings)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) search.{', search.'.join(unknown)}; allowed: {', '.join(fields)}")
+    for name, value in values.items():
+        expected = type(fields[name].default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if expected is int:
+            ok = ok and float(value).is_integer()
+        if not ok:
+            raise UserError(f"{source}: search.{name} must be a{'n integer' if expected is int else ' number'} (got {value!r})")
+    try:
+        return SearchSettings(**{k: type(fields[k].default)(v) for k, v in values.items()})
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
+
+
+def _param(source: str, name: str, value: Any) -> Param:
+    where = f"{source}: space.{name}"
+    if name not in trainer_parameter_names():
+        raise UserError(f"{where}: {name} is not a trainer parameter; allowed: {', '.join(trainer_parameter_names())}")
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must be a mapping such as {{type: float, low: 0.0, high: 0.6}}")
+    kind = value.get("type")
+    if kind not in SPACE_TYPES:
+        raise UserError(f"{where}.type must be one of {', '.join(SPACE_TYPES)} (got {kind!r})")
+    allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log"}
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; a {kind} parameter takes {', '.join(sorted(allowed))}")
+    if kind == "categorical":
+        choices = value.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise UserError(f"{where}.choices must be a non-empty list")
+        return Param(name, kind, choices=tuple(choices))
+    bounds = {}
+    for bound in ("low", "high"):
+        number = value.get(bound)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise UserError(f"{where}.{bound} must be a number (got {number!r})")
+        if kind == "int" and not float(number).is_integer():
+            raise UserError(f"{where}.{bound} must be an integer for an int parameter (got {number!r})")
+        bounds[bound] = number
+    log = value.get("log", False)
+    if not isinstance(log, bool):
+        raise UserError(f"{where}.log must be true or false (got {log!r})")
+    if bounds["low"] >= bounds["high"]:
+        raise UserError(f"{where}: low must be < high (got low={bounds['low']}, high={bounds['high']})")
+    if log and bounds["low"] <= 0:
+        raise UserError(f"{where}: a log-scaled range needs low > 0 (got low={bounds['low']})")
+    return Param(name, kind, float(bounds["low"]), float(bounds["high"]), log)
