@@ -165,7 +165,8 @@ def _coerce(name: str, value: Any, expected: type, source: str) -> Any:
     else:
         ok = isinstance(value, expected)
     if not ok:
-        raise UserError(f"{source}: {name} must be a {expected.__name__} (got {value!r})")
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(expected, "a string")
+        raise UserError(f"{source}: {name} must be {kind} (got {value!r})")
     return expected(value)
 
 
