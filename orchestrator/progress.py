@@ -15,9 +15,12 @@ SHOWN_PARAMS = ("lambda_l1", "dropout", "lr_G", "lr_D")
 STATUS_STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim", "PAUSED": "yellow"}
 
 
+TABLE_WIDTH = 120  # wide enough for every column even where rich cannot ask the terminal (CI logs)
+
+
 def format_value(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e3 else f"{value:.3f}"
+        return f"{value:.1e}" if 0 < abs(value) < 1e-2 else f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
     return "" if value is None else str(value)
 
 
@@ -57,7 +60,7 @@ class LiveTrialTable(tune.Callback):
 
     def redraw(self, trials: list[Any]) -> None:
         if self._live is None:
-            self._live = Live(self.table(trials), console=Console(), refresh_per_second=2, transient=False)
+            self._live = Live(self.table(trials), console=Console(width=max(Console().width, TABLE_WIDTH)), refresh_per_second=2, transient=False)
             self._live.start()
         else:
             self._live.update(self.table(trials))

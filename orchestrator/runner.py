@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ def start_ray(address: str | None) -> bool:
 
 
 def make_searcher(spec: SearchSpec) -> OptunaSearch:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # `group` is stable enough
     sampler = optuna.samplers.TPESampler(
         multivariate=True,  # model the parameters jointly: lambda_l1 and the lrs interact
         group=True,

@@ -12,10 +12,13 @@ an export.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +55,8 @@ def export_generator(
         state = {k: v.contiguous() for k, v in G.state_dict().items()}
         torch.save({"generator_config": dataclasses.asdict(gcfg), "state_dict": state}, tmp / WEIGHTS)
         example = torch.zeros(2, gcfg.in_channels, gcfg.size, gcfg.size)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, yet still widely deployed
             torch.jit.trace(G, example).save(str(tmp / TORCHSCRIPT))
         onnx_diff = export_onnx(G, tmp / ONNX, example)
         card = {**card, "generator_config": dataclasses.asdict(gcfg), "onnx_max_abs_diff": onnx_diff,
@@ -86,7 +90,8 @@ def export_onnx(G: UNetGenerator, path: Path, example: torch.Tensor) -> float:
     """Export with a dynamic batch dimension, run it under onnxruntime, return the max |ONNX - PyTorch|."""
     import onnxruntime
 
-    torch.onnx.export(G, (example,), str(path), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each of its passes
+        torch.onnx.export(G, (example,), str(path), dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     probe = torch.rand(3, *example.shape[1:]) * 2 - 1
     with torch.no_grad():

@@ -1,0 +1,210 @@
+"""The search end to end: real local Ray, real Optuna, real training on built-in glyphs at 32 px."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import optuna
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from orchestrator import search
+from orchestrator.spec import load_spec
+from trainer.data import load_paired_data
+from trainer.export import CARD, ONNX, SAMPLES, WEIGHTS, load_generator
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "tests" / "specs" / "tiny.yaml"
+
+
+def run_search(tmp_path: Path, *extra: str) -> int:
+    try:
+        return search.main(["--config", str(TINY), "--storage-path", str(tmp_path), "--wandb", "off", *extra])
+    except SystemExit as exit_:
+        return int(exit_.code)
+
+
+@pytest.fixture(scope="module")
+def finished_search(ray_session, tmp_path_factory) -> Path:
+    storage = tmp_path_factory.mktemp("experiments")
+    assert run_search(storage, "--name", "tiny") == 0
+    return storage / "tiny"
+
+
+def test_every_trial_is_accounted_for_and_in_the_space(finished_search: Path) -> None:
+    summary = json.loads((finished_search / "summary.json").read_text())
+    spec = load_spec(TINY)
+    assert len(summary["trials"]) == spec.search.num_samples
+    for trial in summary["trials"]:
+        for name, param in spec.space.items():
+            assert param.contains(trial["params"][name]), (name, trial["params"][name])
+        assert trial["status"] in ("finished", "stopped_asha", "stopped_plateau")
+        assert len(trial["history"]) == trial["epochs"]
+
+
+def test_early_stopping_ends_some_trials_before_the_last_epoch(finished_search: Path) -> None:
+    summary = json.loads((finished_search / "summary.json").read_text())
+    stopped = [t for t in summary["trials"] if t["status"] in ("stopped_asha", "stopped_plateau")]
+    assert stopped, [t["status"] for t in summary["trials"]]
+    assert all(t["epochs"] < 3 or t["status"] == "stopped_plateau" for t in stopped)
+
+
+def test_optuna_study_on_disk_matches_the_trials(finished_search: Path) -> None:
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{finished_search / 'optuna.db'}")
+    ids = [t.user_attrs["trial_id"] for t in study.trials]
+    assert len(ids) == len(set(ids)) == load_spec(TINY).search.num_samples
+
+
+def test_export_is_the_best_epoch_of_the_best_trial(finished_search: Path) -> None:
+    summary = json.loads((finished_search / "summary.json").read_text())
+    best_trial = max(summary["trials"], key=lambda t: t["best_val_ssim"])
+    card = json.loads((finished_search / "best" / CARD).read_text())
+    assert card["trial_id"] == best_trial["trial_id"]
+    assert card["epoch"] == best_trial["best_epoch"]
+    assert card["val"]["val_ssim"] == pytest.approx(best_trial["best_val_ssim"], abs=1e-5)
+    for name in ("lambda_l1", "dropout", "lr_G", "lr_D"):
+        assert card["hyperparameters"][name] == pytest.approx(best_trial["params"][name])
+    assert {"torch", "ray", "optuna"} <= set(card["versions"])
+    assert (finished_search / "best" / SAMPLES).stat().st_size > 0
+    assert (finished_search / "report.html").is_file()
+
+
+def test_exported_weights_load_safely_and_onnx_matches(finished_search: Path) -> None:
+    best = finished_search / "best"
+    saved = torch.load(best / WEIGHTS, map_location="cpu", weights_only=True)
+    assert set(saved) == {"generator_config", "state_dict"}
+    G, card = load_generator(best)
+    size, channels = card["generator_config"]["size"], card["generator_config"]["in_channels"]
+    x = torch.rand(5, channels, size, size) * 2 - 1
+    with torch.no_grad():
+        expected = G(x).numpy()
+    session = onnxruntime.InferenceSession(str(best / ONNX), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - expected).max() < 1e-4
+    scripted = torch.jit.load(str(best / "generator.torchscript.pt"))
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), torch.from_numpy(expected), atol=1e-5)
+
+
+def test_card_test_metrics_equal_an_independent_skimage_recomputation(finished_search: Path) -> None:
+    G, card = load_generator(finished_search / "best")
+    cfg = card["train_config"]
+    test = load_paired_data(cfg["data"], cfg["size"], cfg["split_seed"]).splits["test"]
+    assert len(test) == card["test_images"]
+    ssim, psnr, mae = [], [], []
+    for i in range(len(test)):
+        a, b = test.batch(torch.tensor([i]))
+        with torch.no_grad():
+            out = G(a)[0].permute(1, 2, 0).double().numpy()
+        target = b[0].permute(1, 2, 0).double().numpy()
+        ssim.append(structural_similarity(target, out, data_range=2.0, channel_axis=2))
+        psnr.append(peak_signal_noise_ratio(target, out, data_range=2.0))
+        mae.append(np.abs(target - out).mean())
+    assert card["test"]["test_ssim"] == pytest.approx(np.mean(ssim), abs=1e-3)
+    assert card["test"]["test_psnr"] == pytest.approx(np.mean(psnr), abs=1e-3)
+    assert card["test"]["test_mae"] == pytest.approx(np.mean(mae), abs=1e-3)
+    assert card["identity_test"]["test_ssim"] < 1.0  # glyph pairs differ: the baseline is finite
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(ray_session, tmp_path: Path) -> None:
+    spec = tmp_path / "diverge.yaml"
+    text = TINY.read_text().replace(
+        "lambda_l1: {type: float, low: 10.0, high: 500.0, log: true}",
+        "lambda_l1: {type: categorical, choices: [1.0e+39, 100.0]}",  # 1e39 * L1 overflows float32
+    ).replace("num_samples: 4", "num_samples: 3").replace("startup_trials: 2", "startup_trials: 3")
+    spec.write_text(text)
+    code = search.main(["--config", str(spec), "--storage-path", str(tmp_path), "--name", "nan", "--wandb", "off",
+                        "--epochs", "1"])
+    summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    statuses = {t["params"]["lambda_l1"]: t["status"] for t in summary["trials"]}
+    assert len(summary["trials"]) == 3
+    failed = [t for t in summary["trials"] if t["status"] == "failed"]
+    assert failed and all(t["params"]["lambda_l1"] == 1e39 for t in failed), statuses
+    assert all("NaN or infinite" in t["reason"] for t in failed)
+    assert any(t["status"] == "finished" for t in summary["trials"]), statuses
+    assert code == 0 and summary["best"]["params"]["lambda_l1"] == 100.0
+
+
+def result_lines(experiment: Path) -> dict[str, int]:
+    """Reported epochs per trial folder, read from Tune's result.json files."""
+    return {
+        p.parent.name.split("_")[2]: len(p.read_text().splitlines())
+        for p in experiment.glob("run_trial_*/result.json")
+    }
+
+
+def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "orchestrator.search", "--config", str(TINY), "--storage-path", str(tmp_path),
+               "--name", "killed", "--wandb", "off", "--max-concurrent", "1", "--stop-patience", "0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    experiment = tmp_path / "killed"
+    deadline = time.time() + 240
+    # Kill once one trial has finished all its epochs and another has started.
+    while time.time() < deadline:
+        lines = result_lines(experiment)
+        if any(n == 3 for n in lines.values()) and len(lines) >= 2:
+            break
+        assert driver.poll() is None, "the search ended before it could be killed"
+        time.sleep(0.5)
+    else:
+        pytest.fail("no trial finished in time")
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, as in a crash
+    driver.wait()
+    finished_before = {t: n for t, n in result_lines(experiment).items() if n == 3}
+
+    resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((experiment / "summary.json").read_text())
+    ids = [t["trial_id"] for t in summary["trials"]]
+    assert len(ids) == len(set(ids)) == load_spec(TINY).search.num_samples
+    after = result_lines(experiment)
+    for trial, n in finished_before.items():
+        assert after[trial] == n, f"finished trial {trial} was run again"
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(ids)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("space:\n  dropout: {type: float, low: 0.6, high: 0.1}\n", "space.dropout: low must be < high"),
+        ("space:\n  lr_G: {type: float, low: 0.0, high: 0.1, log: true}\n", "log-scaled range needs low > 0"),
+        ("space:\n  lamda_l1: {type: float, low: 1, high: 2}\n", "lamda_l1 is not a trainer parameter"),
+        ("space:\n  dropout: {type: uniform, low: 0, high: 1}\n", "space.dropout.type must be one of"),
+        ("search:\n  num_samples: many\n", "search.num_samples must be an integer"),
+        ("search:\n  samples: 3\n", "unknown key(s) search.samples"),
+        ("train:\n  size: 48\n", "size must be a power of 2"),
+        ("train:\n  epochs: 2.5\n", "epochs must be an integer"),
+        ("spaces: {}\n", "unknown section(s) spaces"),
+        ("space: [\n", "not valid YAML"),
+        ("train:\n  dropout: 0.1\nspace:\n  dropout: {type: float, low: 0, high: 0.5}\n", "in both train and space"),
+    ],
+)
+def test_bad_spec_is_one_line_naming_file_and_key(tmp_path: Path, capsys, text: str, expected: str) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        search.main(["--config", str(spec), "--storage-path", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(spec) in err and expected in err, err
+
+
+def test_bad_spec_from_the_command_line_has_no_traceback(tmp_path: Path) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("space:\n  dropout: {type: float, low: 0.6, high: 0.1}\n")
+    done = subprocess.run([sys.executable, "-m", "orchestrator.search", "--config", str(spec)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
