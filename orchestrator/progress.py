@@ -46,8 +46,9 @@ class LiveTrialTable(tune.Callback):
             best = result.get("best_val_ssim")
             status = trial.status
             if status in ("TERMINATED", "ERROR"):
-                status = end_reason(result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")),
-                                    trial.status == "ERROR")
+                status = end_reason(
+                    result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")), trial.status == "ERROR"
+                )
             table.add_row(
                 trial.trial_id,
                 f"[{STATUS_STYLE.get(trial.status, '')}]{status}[/]",
@@ -60,7 +61,12 @@ class LiveTrialTable(tune.Callback):
 
     def redraw(self, trials: list[Any]) -> None:
         if self._live is None:
-            self._live = Live(self.table(trials), console=Console(width=max(Console().width, TABLE_WIDTH)), refresh_per_second=2, transient=False)
+            self._live = Live(
+                self.table(trials),
+                console=Console(width=max(Console().width, TABLE_WIDTH)),
+                refresh_per_second=2,
+                transient=False,
+            )
             self._live.start()
         else:
             self._live.update(self.table(trials))

@@ -16,7 +16,6 @@ from rich.table import Table
 
 from orchestrator.spec import SearchSpec
 from orchestrator.trainable import FAILED, FINISHED, end_reason
-from orchestrator.wandb_logging import sync_command
 from trainer.checkpoint import LAST, load_torch, write_atomic_text
 from trainer.config import TrainConfig
 from trainer.export import export_generator, generator_from_checkpoint
@@ -101,9 +100,14 @@ def write_optuna_study(path: Path, name: str, spec: SearchSpec, trials: list[dic
                 distributions={k: distributions[k] for k in params},
                 value=trial["best_val_ssim"] if state == optuna.trial.TrialState.COMPLETE else None,
                 state=state,
-                intermediate_values={int(h["epoch"]): h["val_ssim"] for h in trial["history"] if h.get("val_ssim") is not None},
-                user_attrs={"trial_id": trial["trial_id"], "end_reason": trial["status"],
-                            "best_val_ssim": trial["best_val_ssim"]},
+                intermediate_values={
+                    int(h["epoch"]): h["val_ssim"] for h in trial["history"] if h.get("val_ssim") is not None
+                },
+                user_attrs={
+                    "trial_id": trial["trial_id"],
+                    "end_reason": trial["status"],
+                    "best_val_ssim": trial["best_val_ssim"],
+                },
             )
         )
     storage.remove_session()
@@ -127,8 +131,9 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def export_best(results: Any, trials: list[dict[str, Any]], spec: SearchSpec, best_dir: Path,
-                experiment_path: str) -> dict[str, Any] | None:
+def export_best(
+    results: Any, trials: list[dict[str, Any]], spec: SearchSpec, best_dir: Path, experiment_path: str
+) -> dict[str, Any] | None:
     """Evaluate the best trial's best epoch on the test split and export its generator."""
     scored = [t for t in trials if t["best_val_ssim"] is not None]
     if not scored:
@@ -154,22 +159,40 @@ def export_best(results: Any, trials: list[dict[str, Any]], spec: SearchSpec, be
         "test": test_metrics,
         "identity_test": identity,
         "test_images": len(test),
-        "data": {"source": cfg.data, "split_hash": data.split_hash,
-                 "splits": {s: len(names) for s, names in data.split_names.items()}},
+        "data": {
+            "source": cfg.data,
+            "split_hash": data.split_hash,
+            "splits": {s: len(names) for s, names in data.split_names.items()},
+        },
         "metrics_note": "SSIM (7x7 uniform window, K1 0.01, K2 0.03, sample covariance), PSNR and MAE on images "
-                        "scaled to [-1, 1] (data_range 2); means over test images; G in eval mode",
+        "scaled to [-1, 1] (data_range 2); means over test images; G in eval mode",
         "experiment": experiment_path,
         "versions": library_versions(),
     }
     n = min(GRID_SAMPLES, len(test))
     inputs, targets = test.batch(torch.arange(n))
     card = export_generator(G.cpu(), best_dir, card, samples=(inputs, targets))
-    return {"trial_id": best["trial_id"], "params": best["params"], "epoch": state["epoch"], "val": val_metrics,
-            "test": test_metrics, "identity_test": identity, "export_dir": best_dir.name, "card": card}
+    return {
+        "trial_id": best["trial_id"],
+        "params": best["params"],
+        "epoch": state["epoch"],
+        "val": val_metrics,
+        "test": test_metrics,
+        "identity_test": identity,
+        "export_dir": best_dir.name,
+        "card": card,
+    }
 
 
-def write_summary(out_dir: Path, name: str, spec: SearchSpec, trials: list[dict[str, Any]],
-                  best: dict[str, Any] | None, wall_seconds: float, wandb_mode: str, wandb_dir: Path) -> dict[str, Any]:
+def write_summary(
+    out_dir: Path,
+    name: str,
+    spec: SearchSpec,
+    trials: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    wall_seconds: float,
+    wandb: dict[str, Any] | None,
+) -> dict[str, Any]:
     cfg = spec.trial_config({})
     summary = {
         "name": name,
@@ -182,8 +205,7 @@ def write_summary(out_dir: Path, name: str, spec: SearchSpec, trials: list[dict[
         "search": spec.search.__dict__,
         "num_samples": spec.search.num_samples,
         "wall_seconds": wall_seconds,
-        "wandb": None if wandb_mode == "off" else
-        {"mode": wandb_mode, "dir": str(wandb_dir), "sync_command": sync_command(wandb_dir)},
+        "wandb": wandb,
         "trials": trials,
         "best": {k: v for k, v in best.items() if k != "card"} if best else None,
     }
@@ -195,8 +217,11 @@ def render_summary(summary: dict[str, Any]) -> Table:
     counts: dict[str, int] = {}
     for trial in summary["trials"]:
         counts[trial["status"]] = counts.get(trial["status"], 0) + 1
-    table = Table(title=f"{summary['name']}: {len(summary['trials'])} trials in {summary['wall_seconds']:.0f} s "
-                        f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})", title_justify="left")
+    table = Table(
+        title=f"{summary['name']}: {len(summary['trials'])} trials in {summary['wall_seconds']:.0f} s "
+        f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})",
+        title_justify="left",
+    )
     best = summary["best"]
     if best is None:
         table.add_column("result")

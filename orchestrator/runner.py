@@ -44,8 +44,9 @@ def start_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
-                 object_store_memory=256 * 1024**2)
+        ray.init(
+            include_dashboard=False, log_to_driver=False, runtime_env=runtime_env, object_store_memory=256 * 1024**2
+        )
     return True
 
 
@@ -59,7 +60,9 @@ def make_searcher(spec: SearchSpec) -> OptunaSearch:
         seed=spec.search.seed,
         n_startup_trials=spec.search.startup_trials,
     )
-    return OptunaSearch(space=spec.distributions(), metric=SEARCH_METRIC, mode="max", sampler=sampler, seed=spec.search.seed)
+    return OptunaSearch(
+        space=spec.distributions(), metric=SEARCH_METRIC, mode="max", sampler=sampler, seed=spec.search.seed
+    )
 
 
 def make_scheduler(spec: SearchSpec, epochs: int) -> ASHAScheduler:
@@ -101,7 +104,9 @@ def build_tuner(spec: SearchSpec, name: str, storage_path: str, trainable: Any, 
     )
 
 
-def run_search(spec: SearchSpec, name: str, storage_path: str, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_search(
+    spec: SearchSpec, name: str, storage_path: str, out_dir: Path, args: argparse.Namespace
+) -> dict[str, Any]:
     os.environ.update(QUIET_ENV)
     experiment_path = f"{storage_path.rstrip('/')}/{name}"
     if args.resume and not tune.Tuner.can_restore(experiment_path):
@@ -111,7 +116,7 @@ def run_search(spec: SearchSpec, name: str, storage_path: str, out_dir: Path, ar
     out_dir.mkdir(parents=True, exist_ok=True)
 
     wandb_mode = check_online_or_fallback(resolve_wandb_mode(args.wandb))
-    wandb_dir = out_dir / "wandb"
+    wandb_dir = out_dir  # wandb writes its runs into <dir>/wandb/
     cfg = spec.trial_config({})
     settings = TrialSettings(
         fixed=spec.train,
@@ -145,9 +150,26 @@ def run_search(spec: SearchSpec, name: str, storage_path: str, out_dir: Path, ar
         if started_ray:
             ray.shutdown()
 
-    summary = write_summary(out_dir, name, spec, trials, best, time.time() - started, wandb_mode, wandb_dir)
-    log_search_run(wandb_mode, args.wandb_project, name, wandb_dir, trials,
-                   out_dir / "best" if best else None, best.get("card") if best else None)
+    wandb_info = (
+        None
+        if wandb_mode == "off"
+        else {
+            "mode": wandb_mode,
+            "project": args.wandb_project,
+            "dir": str(wandb_dir),
+            "sync_command": sync_command(wandb_dir),
+        }
+    )
+    summary = write_summary(out_dir, name, spec, trials, best, time.time() - started, wandb_info)
+    log_search_run(
+        wandb_mode,
+        args.wandb_project,
+        name,
+        wandb_dir,
+        trials,
+        out_dir / "best" if best else None,
+        best.get("card") if best else None,
+    )
     from orchestrator.report import write_report
 
     report = write_report(out_dir)

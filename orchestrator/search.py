@@ -25,8 +25,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", type=Path, default=DEFAULT_SPEC, help="search spec YAML (train / search / space)")
-    p.add_argument("--address", help="Ray cluster to join ('auto' = the one this machine belongs to); "
-                   "without it Ray starts embedded on this machine and stops on exit")
+    p.add_argument(
+        "--address",
+        help="Ray cluster to join ('auto' = the one this machine belongs to); "
+        "without it Ray starts embedded on this machine and stops on exit",
+    )
     p.add_argument("--data", help="training data: a folder every node can read (shared storage) or builtin:NAME")
     p.add_argument("--size", type=int, help="image size in pixels (overrides train.size)")
     p.add_argument("--epochs", type=int, help="epochs per trial (overrides train.epochs)")
@@ -34,18 +37,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", dest="num_samples", type=int, help="number of trials")
     p.add_argument("--max-concurrent", dest="max_concurrent", type=int, help="trials running at once")
     p.add_argument("--cpus-per-trial", dest="cpus_per_trial", type=float, help="CPUs reserved per trial")
-    p.add_argument("--gpus-per-trial", dest="gpus_per_trial", type=float,
-                   help="GPUs per trial; fractions pack trials onto one GPU (0.5 = two per GPU)")
+    p.add_argument(
+        "--gpus-per-trial",
+        dest="gpus_per_trial",
+        type=float,
+        help="GPUs per trial; fractions pack trials onto one GPU (0.5 = two per GPU)",
+    )
     p.add_argument("--grace-period", dest="grace_period", type=int, help="ASHA: epochs before a trial can be stopped")
-    p.add_argument("--stop-patience", dest="stop_patience", type=int,
-                   help="stop a trial after this many epochs without a val SSIM gain (0 = never)")
-    p.add_argument("--seed", type=int, help="seed of the Optuna sampler (trials share the trainer seed of the spec, for a fair comparison)")
-    p.add_argument("--storage-path", dest="storage_path", default=str(EXPERIMENTS),
-                   help="where experiments live: a local folder or a URI such as s3://bucket/path")
+    p.add_argument(
+        "--stop-patience",
+        dest="stop_patience",
+        type=int,
+        help="stop a trial after this many epochs without a val SSIM gain (0 = never)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the Optuna sampler (trials share the trainer seed of the spec, for a fair comparison)",
+    )
+    p.add_argument(
+        "--storage-path",
+        dest="storage_path",
+        default=str(EXPERIMENTS),
+        help="where experiments live: a local folder or a URI such as s3://bucket/path",
+    )
     p.add_argument("--name", help="experiment name (default: <spec>-<date>-<time>; with --resume: the latest)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search (finished trials are kept)")
-    p.add_argument("--wandb", choices=("off", "offline", "online"),
-                   help="W&B logging (default: online when an API key is configured, else offline)")
+    p.add_argument(
+        "--wandb",
+        choices=("off", "offline", "online"),
+        help="W&B logging (default: online when an API key is configured, else offline)",
+    )
     p.add_argument("--wandb-project", default=WANDB_PROJECT, help="W&B project")
     return p.parse_args(argv)
 

@@ -116,7 +116,9 @@ class SearchSpec:
         clash = sorted(set(train) & set(self.space))
         if clash:
             raise UserError(f"{self.source}: {', '.join(clash)} is searched in space and cannot also be fixed")
-        spec = SearchSpec(self.source, train, _settings(self.source, {**dataclasses.asdict(self.search), **search_values}), self.space)
+        spec = SearchSpec(
+            self.source, train, _settings(self.source, {**dataclasses.asdict(self.search), **search_values}), self.space
+        )
         spec.trial_config({})  # validates the fixed settings together
         return spec
 
@@ -146,7 +148,7 @@ def load_spec(path: Path) -> SearchSpec:
     spec = SearchSpec(source, train, _settings(source, search), space)
     spec.trial_config({})  # fixed settings alone must form a valid config
     for p in space.values():  # every value the space can produce must be a valid trainer setting
-        for probe in (p.choices if p.type == "categorical" else (p.low, p.high)):
+        for probe in p.choices if p.type == "categorical" else (p.low, p.high):
             try:
                 TrainConfig.from_dict({**train, p.name: int(probe) if p.type == "int" else probe})
             except UserError as err:
@@ -173,7 +175,9 @@ def _settings(source: str, values: dict[str, Any]) -> SearchSettings:
         if expected is int:
             ok = ok and float(value).is_integer()
         if not ok:
-            raise UserError(f"{source}: search.{name} must be a{'n integer' if expected is int else ' number'} (got {value!r})")
+            raise UserError(
+                f"{source}: search.{name} must be a{'n integer' if expected is int else ' number'} (got {value!r})"
+            )
     try:
         return SearchSettings(**{k: type(fields[k].default)(v) for k, v in values.items()})
     except UserError as err:
@@ -192,7 +196,9 @@ def _param(source: str, name: str, value: Any) -> Param:
     allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log"}
     unknown = sorted(set(value) - allowed)
     if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}; a {kind} parameter takes {', '.join(sorted(allowed))}")
+        raise UserError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; a {kind} parameter takes {', '.join(sorted(allowed))}"
+        )
     if kind == "categorical":
         choices = value.get("choices")
         if not isinstance(choices, list) or not choices:

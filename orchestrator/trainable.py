@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import ray
+import torch
 from ray import tune
 
 from orchestrator.wandb_logging import open_trial_logger
@@ -132,4 +132,3 @@ def link_or_copy(src: Path, dst: Path) -> None:
         dst.hardlink_to(src)
     except OSError:
         shutil.copyfile(src, dst)
-

@@ -117,13 +117,19 @@ def test_card_test_metrics_equal_an_independent_skimage_recomputation(finished_s
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(ray_session, tmp_path: Path) -> None:
     spec = tmp_path / "diverge.yaml"
-    text = TINY.read_text().replace(
-        "lambda_l1: {type: float, low: 10.0, high: 500.0, log: true}",
-        "lambda_l1: {type: categorical, choices: [1.0e+39, 100.0]}",  # 1e39 * L1 overflows float32
-    ).replace("num_samples: 4", "num_samples: 3").replace("startup_trials: 2", "startup_trials: 3")
+    text = (
+        TINY.read_text()
+        .replace(
+            "lambda_l1: {type: float, low: 10.0, high: 500.0, log: true}",
+            "lambda_l1: {type: categorical, choices: [1.0e+39, 100.0]}",  # 1e39 * L1 overflows float32
+        )
+        .replace("num_samples: 4", "num_samples: 3")
+        .replace("startup_trials: 2", "startup_trials: 3")
+    )
     spec.write_text(text)
-    code = search.main(["--config", str(spec), "--storage-path", str(tmp_path), "--name", "nan", "--wandb", "off",
-                        "--epochs", "1"])
+    code = search.main(
+        ["--config", str(spec), "--storage-path", str(tmp_path), "--name", "nan", "--wandb", "off", "--epochs", "1"]
+    )
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
     statuses = {t["params"]["lambda_l1"]: t["status"] for t in summary["trials"]}
     assert len(summary["trials"]) == 3
@@ -137,17 +143,32 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(ray_sess
 def result_lines(experiment: Path) -> dict[str, int]:
     """Reported epochs per trial folder, read from Tune's result.json files."""
     return {
-        p.parent.name.split("_")[2]: len(p.read_text().splitlines())
-        for p in experiment.glob("run_trial_*/result.json")
+        p.parent.name.split("_")[2]: len(p.read_text().splitlines()) for p in experiment.glob("run_trial_*/result.json")
     }
 
 
 def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "orchestrator.search", "--config", str(TINY), "--storage-path", str(tmp_path),
-               "--name", "killed", "--wandb", "off", "--max-concurrent", "1", "--stop-patience", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator.search",
+        "--config",
+        str(TINY),
+        "--storage-path",
+        str(tmp_path),
+        "--name",
+        "killed",
+        "--wandb",
+        "off",
+        "--max-concurrent",
+        "1",
+        "--stop-patience",
+        "0",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     experiment = tmp_path / "killed"
     deadline = time.time() + 240
     # Kill once one trial has finished all its epochs and another has started.
@@ -204,7 +225,12 @@ def test_bad_spec_is_one_line_naming_file_and_key(tmp_path: Path, capsys, text: 
 def test_bad_spec_from_the_command_line_has_no_traceback(tmp_path: Path) -> None:
     spec = tmp_path / "bad.yaml"
     spec.write_text("space:\n  dropout: {type: float, low: 0.6, high: 0.1}\n")
-    done = subprocess.run([sys.executable, "-m", "orchestrator.search", "--config", str(spec)], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.search", "--config", str(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

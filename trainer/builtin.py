@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageFont, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from trainer.errors import UserError
 
@@ -49,7 +49,8 @@ def cache_dir() -> Path:
 def builtin_root(name: str) -> Path:
     """The folder of a built-in set, built on first use."""
     if name not in BUILDERS:
-        raise UserError(f"{BUILTIN_PREFIX}{name}: unknown built-in dataset; choose one of {', '.join(BUILTIN_PREFIX + n for n in BUILDERS)}")
+        known = ", ".join(BUILTIN_PREFIX + n for n in BUILDERS)
+        raise UserError(f"{BUILTIN_PREFIX}{name}: unknown built-in dataset; choose one of {known}")
     root = cache_dir() / f"{name}-{VERSION}"
     if not root.is_dir():
         root.parent.mkdir(parents=True, exist_ok=True)

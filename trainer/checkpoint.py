@@ -56,4 +56,6 @@ def load_torch(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated file, foreign pickle, not a checkpoint at all
-        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); use a file this trainer wrote") from None
+        raise UserError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); use a file this trainer wrote"
+        ) from None

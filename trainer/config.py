@@ -81,14 +81,18 @@ class TrainConfig:
     lr_D: float = opt(2e-4, "discriminator Adam learning rate")
     beta1: float = opt(0.5, "Adam beta1")
     beta2: float = opt(0.999, "Adam beta2")
-    lr_policy: LrPolicy = opt("linear", "linear (constant, then linear to 0), cosine, or plateau (halve on val SSIM plateau)")
+    lr_policy: LrPolicy = opt(
+        "linear", "linear (constant, then linear to 0), cosine, or plateau (halve on val SSIM plateau)"
+    )
     lr_decay_start: float = opt(0.5, "linear policy: fraction of epochs at constant lr before the decay")
     plateau_patience: int = opt(3, "plateau policy: epochs without val SSIM gain before halving the lr")
 
     # execution: each speed switch is its own knob so `trainer.bench` can measure each gain
     seed: int = opt(0, "seed of weights, dropout, shuffling and augmentation")
     device: Device = opt("auto", "auto (CUDA if present, else CPU), cpu or cuda")
-    precision: Precision = opt("auto", "auto (bf16 where the hardware has bf16 units, fp16 on older GPUs), fp32, bf16, fp16")
+    precision: Precision = opt(
+        "auto", "auto (bf16 where the hardware has bf16 units, fp16 on older GPUs), fp32, bf16, fp16"
+    )
     channels_last: bool = opt(True, "channels-last memory layout (faster convolutions)")
     compile: CompileMode = opt("off", "torch.compile the networks: on, off, or auto (on for CUDA)")
     fused_adam: bool = opt(True, "fused Adam (one kernel) instead of the per-parameter loop")
@@ -117,9 +121,18 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1) (got {getattr(self, name)})")
         _check(0 <= self.lr_decay_start <= 1, "lr_decay_start", "must be a fraction in [0, 1]")
-        for name, kind in (("lr_policy", LrPolicy), ("precision", Precision), ("device", Device), ("compile", CompileMode)):
+        for name, kind in (
+            ("lr_policy", LrPolicy),
+            ("precision", Precision),
+            ("device", Device),
+            ("compile", CompileMode),
+        ):
             allowed = get_args(kind)
-            _check(getattr(self, name) in allowed, name, f"must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+            _check(
+                getattr(self, name) in allowed,
+                name,
+                f"must be one of {', '.join(allowed)} (got {getattr(self, name)!r})",
+            )
 
     @property
     def uses_gan(self) -> bool:
@@ -173,4 +186,3 @@ def _coerce(name: str, value: Any, expected: type, source: str) -> Any:
 def _check(ok: bool, name: str, what: str) -> None:
     if not ok:
         raise UserError(f"{name} {what}")
-

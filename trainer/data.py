@@ -102,7 +102,7 @@ def split_hash(split_names: dict[str, list[str]]) -> str:
 
 def resolve_root(data: str) -> Path:
     if data.startswith(BUILTIN_PREFIX):
-        return builtin_root(data[len(BUILTIN_PREFIX):])
+        return builtin_root(data[len(BUILTIN_PREFIX) :])
     root = Path(data).expanduser()
     if not root.is_dir():
         raise UserError(
@@ -129,8 +129,9 @@ def discover_pairs(folder: Path) -> list[PairFiles]:
             unmatched = sorted(set(files) - set(other))
             if unmatched:
                 more = f" (and {len(unmatched) - 1} more)" if len(unmatched) > 1 else ""
+                other_dir = folder / ("B" if side == "A" else "A")
                 raise UserError(
-                    f"{files[unmatched[0]]}: no file of the same name in {folder / ('B' if side == 'A' else 'A')}{more}; "
+                    f"{files[unmatched[0]]}: no file of the same name in {other_dir}{more}; "
                     "every A image needs a B image with the same name"
                 )
         pairs = [PairFiles(stem, a_files[stem], b_files[stem]) for stem in sorted(a_files)]
@@ -164,7 +165,9 @@ def find_splits(root: Path, split_seed: int, run_dir: Path | None) -> dict[str, 
     if any((root / s).is_dir() for s in SPLITS):
         missing = [s for s in SPLITS if not (root / s).is_dir()]
         if missing:
-            raise UserError(f"{root}: has split sub-folders but lacks {', '.join(missing)}/; add it or remove the split folders")
+            raise UserError(
+                f"{root}: has split sub-folders but lacks {', '.join(missing)}/; add it or remove the split folders"
+            )
         return {s: discover_pairs(root / s) for s in SPLITS}
 
     pairs = {p.name: p for p in discover_pairs(root)}
@@ -173,7 +176,9 @@ def find_splits(root: Path, split_seed: int, run_dir: Path | None) -> dict[str, 
         names = json.loads(saved.read_text())["splits"]
         lost = sorted(n for s in SPLITS for n in names[s] if n not in pairs)
         if lost:
-            raise UserError(f"{saved}: names {', '.join(lost[:3])} are no longer in {root}; restore them or start a new run")
+            raise UserError(
+                f"{saved}: names {', '.join(lost[:3])} are no longer in {root}; restore them or start a new run"
+            )
     else:
         names = seeded_split(list(pairs), split_seed)
     return {s: [pairs[n] for n in names[s]] for s in SPLITS}

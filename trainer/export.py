@@ -59,8 +59,12 @@ def export_generator(
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, yet still widely deployed
             torch.jit.trace(G, example).save(str(tmp / TORCHSCRIPT))
         onnx_diff = export_onnx(G, tmp / ONNX, example)
-        card = {**card, "generator_config": dataclasses.asdict(gcfg), "onnx_max_abs_diff": onnx_diff,
-                "files": [WEIGHTS, TORCHSCRIPT, ONNX, SAMPLES if samples is not None else None]}
+        card = {
+            **card,
+            "generator_config": dataclasses.asdict(gcfg),
+            "onnx_max_abs_diff": onnx_diff,
+            "files": [WEIGHTS, TORCHSCRIPT, ONNX, SAMPLES if samples is not None else None],
+        }
         card["files"] = [f for f in card["files"] if f]
         if samples is not None:
             inputs, targets = samples

@@ -40,7 +40,11 @@ class UNetBlock(nn.Module):
             down = [nn.LeakyReLU(0.2, True), down_conv]
             if sub is not None:  # the innermost level reaches 1x1 at 256 px: no norm on a single pixel
                 down.append(nn.BatchNorm2d(inner))
-            up = [nn.ReLU(True), nn.ConvTranspose2d(up_in, outer, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(outer)]
+            up = [
+                nn.ReLU(True),
+                nn.ConvTranspose2d(up_in, outer, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(outer),
+            ]
             if dropout > 0:
                 up.append(nn.Dropout(dropout))
         layers = down + ([sub] if sub is not None else []) + up
