@@ -3,7 +3,6 @@ and the experiment's summary.json (the input of the report)."""
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 from importlib import metadata
@@ -16,7 +15,7 @@ from rich.table import Table
 
 from orchestrator.spec import SearchSpec
 from orchestrator.trainable import FAILED, FINISHED, end_reason
-from trainer.checkpoint import LAST, load_torch, write_atomic_text
+from trainer.checkpoint import LAST, load_torch, write_json
 from trainer.config import TrainConfig
 from trainer.export import export_generator, generator_from_checkpoint
 from trainer.loop import evaluate, identity_baseline, load_run_data, pick_device
@@ -209,7 +208,7 @@ def write_summary(
         "trials": trials,
         "best": {k: v for k, v in best.items() if k != "card"} if best else None,
     }
-    write_atomic_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=1, default=str))
+    write_json(out_dir / SUMMARY_FILE, summary)
     return summary
 
 

@@ -17,9 +17,11 @@ from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 
 from orchestrator.progress import LiveTrialTable
-from orchestrator.results import export_best, summarize_trials, write_optuna_study, write_summary
+from orchestrator.report import publish_wandb_report, write_report
+from orchestrator.results import export_best, render_summary, summarize_trials, write_optuna_study, write_summary
 from orchestrator.spec import SearchSpec
 from orchestrator.trainable import TrialSettings, run_trial
+from orchestrator.wandb_callback import WandbTrialLogger
 from orchestrator.wandb_logging import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
 from trainer.errors import UserError
 
@@ -81,7 +83,9 @@ def make_trainable(spec: SearchSpec, settings: TrialSettings) -> Any:
     return tune.with_resources(tune.with_parameters(run_trial, settings=settings), resources)
 
 
-def build_tuner(spec: SearchSpec, name: str, storage_path: str, trainable: Any, epochs: int) -> tune.Tuner:
+def build_tuner(
+    spec: SearchSpec, name: str, storage_path: str, trainable: Any, epochs: int, wandb_logger: tune.Callback
+) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -93,7 +97,7 @@ def build_tuner(spec: SearchSpec, name: str, storage_path: str, trainable: Any, 
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=[LiveTrialTable(tuple(spec.space), epochs)],
+            callbacks=[LiveTrialTable(tuple(spec.space), epochs), wandb_logger],
             # Keep each trial's best checkpoint (by val SSIM) for the export; Tune also keeps the latest.
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
@@ -119,14 +123,9 @@ def run_search(
     wandb_dir = out_dir  # wandb writes its runs into <dir>/wandb/
     cfg = spec.trial_config({})
     settings = TrialSettings(
-        fixed=spec.train,
-        stop_patience=spec.search.stop_patience,
-        image_every=spec.search.image_every,
-        wandb_mode=wandb_mode,
-        wandb_project=args.wandb_project,
-        wandb_group=name,
-        wandb_dir=str(wandb_dir),
+        fixed=spec.train, stop_patience=spec.search.stop_patience, image_every=spec.search.image_every
     )
+    wandb_logger = WandbTrialLogger(wandb_mode, args.wandb_project, name, str(wandb_dir), spec.train, cfg.epochs)
     console.print(
         f"[bold]search[/] {name}: {spec.search.num_samples} trials of {cfg.epochs} epochs on {cfg.data} "
         f"({cfg.size} px), {spec.search.max_concurrent} at a time; space: {', '.join(spec.space)}; "
@@ -141,7 +140,7 @@ def run_search(
             console.print(f"resuming {experiment_path}")
             tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
         else:
-            tuner = build_tuner(spec, name, storage_path, trainable, cfg.epochs)
+            tuner = build_tuner(spec, name, storage_path, trainable, cfg.epochs, wandb_logger)
         results = tuner.fit()
         trials = summarize_trials(results, cfg.epochs)
         write_optuna_study(out_dir / STUDY_FILE, name, spec, trials)
@@ -170,18 +169,18 @@ def run_search(
         out_dir / "best" if best else None,
         best.get("card") if best else None,
     )
-    from orchestrator.report import write_report
-
     report = write_report(out_dir)
-    print_summary(summary, out_dir, report, wandb_mode, wandb_dir)
+    report_url = publish_wandb_report(summary, out_dir) if wandb_mode == "online" else None
+    print_summary(summary, out_dir, report, report_url)
     return summary
 
 
-def print_summary(summary: dict[str, Any], out_dir: Path, report: Path, wandb_mode: str, wandb_dir: Path) -> None:
-    from orchestrator.results import render_summary
-
+def print_summary(summary: dict[str, Any], out_dir: Path, report: Path, report_url: str | None) -> None:
     console.print(render_summary(summary))
     console.print(f"report: {report}")
+    if report_url:
+        console.print(f"W&B report: {report_url}")
     console.print(f"Optuna study: optuna-dashboard sqlite:///{out_dir / STUDY_FILE}")
-    if wandb_mode == "offline":
-        console.print(f"W&B runs are offline; upload them with: {sync_command(wandb_dir)}")
+    wandb = summary["wandb"]
+    if wandb and wandb["mode"] == "offline":
+        console.print(f"W&B runs are offline; upload them with: {wandb['sync_command']}")

@@ -17,17 +17,17 @@ import ray
 import torch
 from ray import tune
 
-from orchestrator.wandb_logging import open_trial_logger
 from trainer.checkpoint import LAST, write_atomic_text
 from trainer.config import TrainConfig
 from trainer.data import SPLIT_FILE
 from trainer.errors import TrainingDiverged
 from trainer.loop import load_run_data, train, translate
-from trainer.visualize import sample_grid
+from trainer.visualize import png_bytes, sample_grid
 
 CHECKPOINT_FILES = (LAST, SPLIT_FILE)
 DIVERGED_MARKER = "DIVERGED"  # a diverged run diverges again: retries fail at once instead of retraining
 PANEL_SAMPLES = 4  # fixed val pairs shown in W&B panels, the same ones every epoch
+PANEL_FILE = "val_samples.png"  # input | output | target rows, saved with the checkpoint
 
 # end reasons, as they appear in the summary, the report and W&B
 FINISHED, STOPPED_ASHA, STOPPED_PLATEAU, FAILED = "finished", "stopped_asha", "stopped_plateau", "failed"
@@ -40,61 +40,41 @@ class TrialSettings:
     fixed: dict[str, Any]
     stop_patience: int
     image_every: int
-    wandb_mode: str
-    wandb_project: str
-    wandb_group: str
-    wandb_dir: str
 
 
 def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
-    """Tune calls this once per trial (and again for each retry or resume of that trial)."""
+    """Tune calls this once per trial (and again for each retry or resume of that trial).
+
+    Logging happens in the driver (orchestrator.wandb_callback) from what is reported here: a trial
+    stopped by the scheduler is ended by Ray at once, with no time to flush a logger of its own.
+    """
     torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
     cfg = TrainConfig.from_dict({**settings.fixed, **params}, source="trial config")
     run_dir = Path(tune.get_context().get_trial_dir()) / "run"
     resume = restore_from_tune_checkpoint(run_dir)
     if (run_dir / DIVERGED_MARKER).exists():
         raise TrainingDiverged((run_dir / DIVERGED_MARKER).read_text())
-
-    trial_id = tune.get_context().get_trial_id()
     node_id = ray.get_runtime_context().get_node_id()
-    logger = open_trial_logger(
-        settings.wandb_mode,
-        project=settings.wandb_project,
-        group=settings.wandb_group,
-        name=trial_id,
-        config={**cfg.to_dict(), "trial_id": trial_id},
-        wandb_dir=settings.wandb_dir,
-    )
-    summary: dict[str, Any] = {"epochs": 0}
-    plateaued = False
+
+    data = load_run_data(cfg, run_dir)
+    val = data.splits["val"]
+    panel_inputs, panel_targets = val.batch(torch.arange(min(PANEL_SAMPLES, len(val))))
     try:
-        data = load_run_data(cfg, run_dir)
-        val = data.splits["val"]
-        panel_inputs, panel_targets = val.batch(torch.arange(min(PANEL_SAMPLES, len(val))))
         for result in train(cfg, run_dir, resume=resume, data=data):
             metrics = result.metrics()
             plateaued = settings.stop_patience > 0 and result.epoch - result.best_epoch >= settings.stop_patience
             metrics["plateau_stop"] = int(plateaued)
             metrics["node_id"] = node_id
-            logger.log_metrics(metrics, step=result.epoch)
+            panel = None
             if result.epoch % settings.image_every == 0 or result.epoch == cfg.epochs:
                 outputs = translate(result.generator, panel_inputs)
-                grid = sample_grid(panel_inputs, outputs, panel_targets)
-                logger.log_image("val_samples", grid, step=result.epoch, caption="input | output | target")
-            summary.update(best_val_ssim=result.best_val_ssim, best_epoch=result.best_epoch, epochs=result.epoch)
-            report_with_checkpoint(metrics, run_dir)  # Tune stops a trial by raising SystemExit in here
+                panel = png_bytes(sample_grid(panel_inputs, outputs, panel_targets))
+            report_with_checkpoint(metrics, run_dir, panel)  # Tune stops a trial by raising SystemExit here
             if plateaued:
                 return
     except TrainingDiverged as err:
         write_atomic_text(run_dir / DIVERGED_MARKER, str(err))
-        summary["error"] = str(err)
         raise
-    except Exception as err:
-        summary["error"] = f"{type(err).__name__}: {err}"
-        raise
-    finally:
-        summary["end_reason"] = end_reason(summary["epochs"], cfg.epochs, plateaued, "error" in summary)
-        logger.finish(summary)
 
 
 def end_reason(epochs_run: int, epochs: int, plateaued: bool, failed: bool) -> str:
@@ -119,11 +99,14 @@ def restore_from_tune_checkpoint(run_dir: Path) -> bool:
     return True
 
 
-def report_with_checkpoint(metrics: dict[str, Any], run_dir: Path) -> None:
+def report_with_checkpoint(metrics: dict[str, Any], run_dir: Path, panel: bytes | None) -> None:
+    """Report the epoch with its checkpoint (and the sample panel, which the driver logs to W&B)."""
     with tempfile.TemporaryDirectory(prefix="ckpt-") as folder:
         for name in CHECKPOINT_FILES:
             # Hard links where possible: Tune copies the folder to storage, we need not copy twice.
             link_or_copy(run_dir / name, Path(folder) / name)
+        if panel is not None:
+            (Path(folder) / PANEL_FILE).write_bytes(panel)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 

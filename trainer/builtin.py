@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from trainer.config import MIN_SIZE
 from trainer.errors import UserError
 
 BUILTIN_PREFIX = "builtin:"
-VERSION = "v2"  # bump when a builder changes, so stale caches are not reused
+VERSION = "v3"  # bump when a builder changes, so stale caches are not reused
 GLYPH_SIZE = 128  # rendered once at this size; the loader resizes to the configured size
 TILE = 256
 TILE_STRIDE = 128
@@ -102,6 +103,10 @@ def _render(char: str, font: ImageFont.FreeTypeFont) -> np.ndarray:
     return np.asarray(image)
 
 
+def _shrink(glyph: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(glyph).resize((MIN_SIZE, MIN_SIZE), Image.BILINEAR))
+
+
 def build_glyphs(folder: Path) -> None:
     sans, serif = (ImageFont.truetype(str(p), int(GLYPH_SIZE * 0.6)) for p in _font_paths())
     chars = shared_characters()
@@ -109,9 +114,9 @@ def build_glyphs(folder: Path) -> None:
     pairs = []
     for char in chars:
         a, b = _render(char, sans), _render(char, serif)
-        # Both fonts must draw something, and differently: identical pairs teach nothing and give
-        # the identity baseline an infinite PSNR.
-        if a.min() < 128 and b.min() < 128 and not np.array_equal(a, b):
+        # Both fonts must draw something, and differently even at the smallest size: identical pairs
+        # teach nothing and give the identity baseline an infinite PSNR.
+        if a.min() < 128 and b.min() < 128 and not np.array_equal(_shrink(a), _shrink(b)):
             pairs.append((f"u{ord(char):04x}", a, b))
     n_train, n_val = round(len(pairs) * 0.70), round(len(pairs) * 0.15)
     for i, (name, a, b) in enumerate(pairs):

@@ -7,6 +7,8 @@ optimizers, schedulers, the epoch, RNG states and the metric history. Loading us
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -36,6 +38,21 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_atomic_text(path: Path, text: str) -> None:
     _write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def json_safe(value: Any) -> Any:
+    """Strict JSON has no NaN or infinity (e.g. the PSNR of two identical images): those become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_atomic_text(path, json.dumps(json_safe(value), indent=1, allow_nan=False, default=str))
 
 
 def write_atomic_bytes(path: Path, data: bytes) -> None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.builtin import BUILTIN_PREFIX, builtin_root
-from trainer.checkpoint import write_atomic_text
+from trainer.checkpoint import write_json
 from trainer.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -186,7 +186,7 @@ def find_splits(root: Path, split_seed: int, run_dir: Path | None) -> dict[str, 
 
 def save_split(run_dir: Path, source: str, split_names: dict[str, list[str]]) -> None:
     record = {"source": source, "hash": split_hash(split_names), "splits": split_names}
-    write_atomic_text(run_dir / SPLIT_FILE, json.dumps(record, indent=1))
+    write_json(run_dir / SPLIT_FILE, record)
 
 
 # ---------------------------------------------------------------------------------------------

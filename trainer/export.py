@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.checkpoint import load_torch
+from trainer.checkpoint import json_safe, load_torch, write_json
 from trainer.config import GeneratorConfig
 from trainer.errors import UserError
 from trainer.models import UNetGenerator
@@ -71,7 +71,8 @@ def export_generator(
             with torch.no_grad():
                 outputs = G(inputs.float())
             save_grid(tmp / SAMPLES, inputs, outputs, targets)
-        (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=False))
+        card = json_safe(card)
+        write_json(tmp / CARD, card)
         replace_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

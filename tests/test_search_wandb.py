@@ -1,0 +1,112 @@
+"""A real search with W&B on: offline runs on disk, read back from W&B's own files, and no key leaks.
+
+The search runs as a subprocess with a (fake) API key in its environment and a W&B server address
+that refuses connections, so it exercises the default mode choice (a key -> online), the quick
+fallback to offline, and what the workers write with a key in their environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from orchestrator.wandb_offline import find_runs, read_run
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "tests" / "specs" / "tiny.yaml"
+FAKE_KEY = "fakekey-" + "0123456789abcdef" * 3  # wandb's key format: 40+ characters after the dash
+
+
+@pytest.fixture(scope="module")
+def search_with_wandb(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    storage = tmp_path_factory.mktemp("experiments")
+    home = tmp_path_factory.mktemp("home")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "WANDB_API_KEY": FAKE_KEY,
+        "WANDB_BASE_URL": "http://127.0.0.1:9",  # discard port: nothing listens, the probe fails at once
+        "WANDB_DATA_DIR": str(home / "data"),  # artifact staging, normally under ~/.local/share
+        "WANDB_CACHE_DIR": str(home / "cache"),
+    }
+    env.pop("WANDB_MODE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.search", "--config", str(TINY), "--storage-path", str(storage),
+         "--name", "logged", "--num-samples", "2", "--epochs", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return storage / "logged", done
+
+
+def test_unreachable_server_falls_back_to_offline_and_says_how_to_sync(search_with_wandb) -> None:
+    experiment, done = search_with_wandb
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert summary["wandb"]["mode"] == "offline"
+    assert "wandb sync" in done.stdout and "wandb sync" in summary["wandb"]["sync_command"]
+
+
+def test_one_offline_run_per_trial_and_one_for_the_search_in_one_group(search_with_wandb) -> None:
+    experiment, _ = search_with_wandb
+    summary = json.loads((experiment / "summary.json").read_text())
+    runs = [read_run(path) for path in find_runs(experiment)]
+    assert sorted(r.job_type for r in runs) == ["search", "trial", "trial"]
+    assert {r.group for r in runs} == {"logged"}
+    trials = {t["trial_id"]: t for t in summary["trials"]}
+    for run in (r for r in runs if r.job_type == "trial"):
+        trial = trials[run.name]
+        assert run.finished
+        for name, value in trial["params"].items():
+            assert run.config[name] == pytest.approx(value)
+        assert run.config["size"] == 32 and run.config["data"] == "builtin:glyphs"
+        assert run.summary["best_val_ssim"] == pytest.approx(trial["best_val_ssim"])
+        assert run.summary["end_reason"] == trial["status"]
+        assert [row["val_ssim"] for row in run.history] == pytest.approx([h["val_ssim"] for h in trial["history"]])
+        assert all(row["G_L1"] > 0 for row in run.history)
+        assert run.image_files, "no val_samples image panel was logged"
+
+
+def test_search_run_holds_the_trials_table_and_the_model_artifact(search_with_wandb) -> None:
+    experiment, _ = search_with_wandb
+    search_run = next(read_run(p) for p in find_runs(experiment) if read_run(p).job_type == "search")
+    assert search_run.table_files
+    assert any(a.type == "model" for a in search_run.artifacts), search_run.artifacts
+    assert search_run.summary["num_trials"] == 2
+
+
+def test_the_api_key_appears_nowhere_under_the_experiment(search_with_wandb) -> None:
+    experiment, done = search_with_wandb
+    assert FAKE_KEY not in done.stdout + done.stderr
+    for path in experiment.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_report_embeds_its_images_and_names_every_trial(search_with_wandb) -> None:
+    experiment, _ = search_with_wandb
+    parser = _Collector()
+    parser.feed((experiment / "report.html").read_text())
+    assert parser.images and all(src.startswith("data:image/png;base64,") for src in parser.images)
+    text = " ".join(parser.text)
+    for trial in json.loads((experiment / "summary.json").read_text())["trials"]:
+        assert trial["trial_id"] in text
