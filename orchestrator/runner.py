@@ -171,8 +171,31 @@ def run_search(
     )
     report = write_report(out_dir)
     report_url = publish_wandb_report(summary, out_dir) if wandb_mode == "online" else None
+    if "://" in experiment_path:
+        upload_outputs(out_dir, experiment_path)
     print_summary(summary, out_dir, report, report_url)
     return summary
+
+
+UPLOADED = ("best", "summary.json", "report.html", STUDY_FILE)
+
+
+def upload_outputs(out_dir: Path, experiment_uri: str) -> None:
+    """Put the export and the reports next to Tune's results on remote storage (s3://, gs://, ...)."""
+    import pyarrow.fs
+
+    remote, path = pyarrow.fs.FileSystem.from_uri(experiment_uri)
+    for name in UPLOADED:
+        if (out_dir / name).is_dir():
+            remote.create_dir(f"{path}/{name}", recursive=True)
+        if (out_dir / name).exists():
+            pyarrow.fs.copy_files(
+                str(out_dir / name),
+                f"{path}/{name}",
+                source_filesystem=pyarrow.fs.LocalFileSystem(),
+                destination_filesystem=remote,
+            )
+    console.print(f"uploaded {', '.join(UPLOADED)} to {experiment_uri}")
 
 
 def print_summary(summary: dict[str, Any], out_dir: Path, report: Path, report_url: str | None) -> None:

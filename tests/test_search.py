@@ -234,3 +234,37 @@ def test_bad_spec_from_the_command_line_has_no_traceback(tmp_path: Path) -> None
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_remote_storage_uri_gets_the_export_next_to_tunes_results(tmp_path: Path) -> None:
+    """A storage URI (file:// here, s3:// on a cluster): our outputs are made locally, then uploaded."""
+    store = tmp_path / "store"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.search",
+            "--config",
+            str(TINY),
+            "--storage-path",
+            f"file://{store}",
+            "--name",
+            "remote",
+            "--num-samples",
+            "2",
+            "--epochs",
+            "1",
+            "--wandb",
+            "off",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list(store.glob("remote/run_trial_*")), "Tune's results are not on the storage path"
+    for name in ("best/model_card.json", "best/generator.pt", "summary.json", "report.html", "optuna.db"):
+        assert (store / "remote" / name).is_file(), name
+    assert (tmp_path / "experiments" / "remote" / "summary.json").is_file()  # the local copy
