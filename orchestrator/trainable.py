@@ -81,9 +81,9 @@ def end_reason(epochs_run: int, epochs: int, plateaued: bool, failed: bool) -> s
     """Why a trial ended; the driver derives the same from Tune's results."""
     if failed:
         return FAILED
-    if plateaued:
-        return STOPPED_PLATEAU
-    return FINISHED if epochs_run >= epochs else STOPPED_ASHA
+    if epochs_run >= epochs:
+        return FINISHED
+    return STOPPED_PLATEAU if plateaued else STOPPED_ASHA
 
 
 def restore_from_tune_checkpoint(run_dir: Path) -> bool:
