@@ -25,16 +25,32 @@ def format_value(value: Any) -> str:
 
 
 class LiveTrialTable(tune.Callback):
-    """Redraws one table on every trial event. Pickled with Tune's experiment state, so the
-    console objects are created lazily and dropped on pickling."""
+    """Redraws one table on every trial event in a terminal; elsewhere (CI logs, files) prints one
+    line per event and the table at the end. Pickled with Tune's experiment state, so the console
+    objects are created lazily and dropped on pickling."""
 
     def __init__(self, params: tuple[str, ...], epochs: int) -> None:
         self.params = tuple(p for p in SHOWN_PARAMS if p in params) + tuple(p for p in params if p not in SHOWN_PARAMS)
         self.epochs = epochs
+        self._console: Console | None = None
         self._live: Live | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_live": None}
+        return {**self.__dict__, "_console": None, "_live": None}
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            self._console = Console(width=max(Console().width, TABLE_WIDTH))
+        return self._console
+
+    def status(self, trial: Any) -> str:
+        if trial.status not in ("TERMINATED", "ERROR"):
+            return trial.status.lower()
+        result = trial.last_result or {}
+        return end_reason(
+            result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")), trial.status == "ERROR"
+        )
 
     def table(self, trials: list[Any]) -> Table:
         table = Table(title="pix2pix-tune search", title_justify="left", expand=False)
@@ -44,14 +60,9 @@ class LiveTrialTable(tune.Callback):
         for trial in trials:
             result = trial.last_result or {}
             best = result.get("best_val_ssim")
-            status = trial.status
-            if status in ("TERMINATED", "ERROR"):
-                status = end_reason(
-                    result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")), trial.status == "ERROR"
-                )
             table.add_row(
                 trial.trial_id,
-                f"[{STATUS_STYLE.get(trial.status, '')}]{status}[/]",
+                f"[{STATUS_STYLE.get(trial.status, '')}]{self.status(trial)}[/]",
                 *(format_value(trial.config.get(p)) for p in self.params),
                 f"{result.get('epoch', 0)}/{self.epochs}",
                 format_value(result.get("val_ssim")),
@@ -59,32 +70,36 @@ class LiveTrialTable(tune.Callback):
             )
         return table
 
-    def redraw(self, trials: list[Any]) -> None:
-        if self._live is None:
-            self._live = Live(
-                self.table(trials),
-                console=Console(width=max(Console().width, TABLE_WIDTH)),
-                refresh_per_second=2,
-                transient=False,
-            )
+    def redraw(self, trials: list[Any], line: str) -> None:
+        if not self.console.is_terminal:
+            self.console.print(line, highlight=False)
+        elif self._live is None:
+            self._live = Live(self.table(trials), console=self.console, refresh_per_second=2)
             self._live.start()
         else:
             self._live.update(self.table(trials))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.redraw(trials)
+        params = ", ".join(f"{p}={format_value(trial.config.get(p))}" for p in self.params)
+        self.redraw(trials, f"trial {trial.trial_id} started: {params}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.redraw(trials)
+        line = (
+            f"trial {trial.trial_id} epoch {result.get('epoch')}/{self.epochs}: "
+            f"val SSIM {format_value(result.get('val_ssim'))} (best {format_value(result.get('best_val_ssim'))})"
+        )
+        self.redraw(trials, line)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.redraw(trials)
+        self.redraw(trials, f"trial {trial.trial_id} {self.status(trial)}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.redraw(trials)
+        self.redraw(trials, f"trial {trial.trial_id} {self.status(trial)}")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._live is not None:
             self._live.update(self.table(trials))
             self._live.stop()
             self._live = None
+        else:
+            self.console.print(self.table(trials))
