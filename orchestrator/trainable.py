@@ -19,10 +19,10 @@ from ray import tune
 
 from trainer.checkpoint import LAST, write_atomic_text
 from trainer.config import TrainConfig
-from trainer.data import SPLIT_FILE
+from trainer.data import SPLIT_FILE, png_bytes
 from trainer.errors import TrainingDiverged
 from trainer.loop import load_run_data, train, translate
-from trainer.visualize import png_bytes, sample_grid
+from trainer.visualize import sample_grid
 
 CHECKPOINT_FILES = (LAST, SPLIT_FILE)
 DIVERGED_MARKER = "DIVERGED"  # a diverged run diverges again: retries fail at once instead of retraining
@@ -55,6 +55,7 @@ def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
     if (run_dir / DIVERGED_MARKER).exists():
         raise TrainingDiverged((run_dir / DIVERGED_MARKER).read_text())
     node_id = ray.get_runtime_context().get_node_id()
+    gpu_ids = ",".join(str(i) for i in ray.get_gpu_ids())  # the GPUs Ray gave this trial on its node; "" on CPU
 
     data = load_run_data(cfg, run_dir)
     val = data.splits["val"]
@@ -65,6 +66,7 @@ def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
             plateaued = settings.stop_patience > 0 and result.epoch - result.best_epoch >= settings.stop_patience
             metrics["plateau_stop"] = int(plateaued)
             metrics["node_id"] = node_id
+            metrics["gpu_ids"] = gpu_ids
             panel = None
             if result.epoch % settings.image_every == 0 or result.epoch == cfg.epochs:
                 outputs = translate(result.generator, panel_inputs)

@@ -37,9 +37,26 @@ def search_with_wandb(tmp_path_factory) -> tuple[Path, subprocess.CompletedProce
     }
     env.pop("WANDB_MODE", None)
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.search", "--config", str(TINY), "--storage-path", str(storage),
-         "--name", "logged", "--num-samples", "2", "--epochs", "2"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.search",
+            "--config",
+            str(TINY),
+            "--storage-path",
+            str(storage),
+            "--name",
+            "logged",
+            "--num-samples",
+            "2",
+            "--epochs",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return storage / "logged", done

@@ -94,7 +94,9 @@ class TrainConfig:
         "auto", "auto (bf16 where the hardware has bf16 units, fp16 on older GPUs), fp32, bf16, fp16"
     )
     channels_last: bool = opt(True, "channels-last memory layout (faster convolutions)")
-    compile: CompileMode = opt("off", "torch.compile the networks: on, off, or auto (on for CUDA)")
+    compile: CompileMode = opt(
+        "auto", "torch.compile the networks: on, off, or auto (on for CUDA runs of at least 500 steps)"
+    )
     fused_adam: bool = opt(True, "fused Adam (one kernel) instead of the per-parameter loop")
     log_every: int = opt(25, "steps between reads of the losses (each read syncs the device)")
 

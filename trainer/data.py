@@ -13,6 +13,7 @@ and converted to [-1, 1] floats and augmented batch by batch on the training dev
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import png
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +34,7 @@ SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15}  # test takes the rest
 JITTER_SCALE = 286 / 256  # reference random jitter: resize up by this much, crop back
 SPLIT_FILE = "split.json"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -193,10 +196,31 @@ def save_split(run_dir: Path, source: str, split_names: dict[str, list[str]]) ->
 # decoding
 
 
+def _is_16_bit_colour_png(path: Path) -> bool:
+    """The PNG header says 16 bits per sample and colour (RGB or RGBA): the one case Pillow decodes to 8 bits."""
+    with open(path, "rb") as f:
+        header = f.read(26)  # signature (8), IHDR length and tag (8), width, height (8), bit depth, colour type
+    return header[:8] == PNG_SIGNATURE and header[24] == 16 and header[25] in (2, 6)
+
+
+def _read_16_bit_colour_png(path: Path) -> np.ndarray:
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    return np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """(H, W, 1|3) uint8 or uint16 -> PNG bytes (pypng: Pillow cannot store 16-bit RGB)."""
+    height, width, channels = image.shape
+    writer = png.Writer(width, height, greyscale=channels == 1, bitdepth=8 if image.dtype == np.uint8 else 16)
+    buffer = io.BytesIO()
+    writer.write(buffer, image.reshape(height, width * channels))
+    return buffer.getvalue()
+
+
 def read_image(path: Path) -> tuple[np.ndarray, int]:
     """(H, W, C) array and its max value (255 or 65535). Alpha is dropped."""
     try:
-        image = iio.imread(path)
+        image = _read_16_bit_colour_png(path) if _is_16_bit_colour_png(path) else iio.imread(path)
     except Exception as err:  # imageio raises many types for unreadable files
         raise UserError(f"{path}: cannot be read as an image ({type(err).__name__}); replace or remove it") from None
     if image.dtype == np.uint8:
@@ -213,7 +237,11 @@ def read_image(path: Path) -> tuple[np.ndarray, int]:
     return image[:, :, :channels], max_value
 
 
-def read_pair(pair: PairFiles) -> tuple[np.ndarray, np.ndarray, int]:
+Decoded = tuple[np.ndarray, int]  # (H, W, C) pixels and their max value
+
+
+def read_pair(pair: PairFiles) -> tuple[Decoded, Decoded]:
+    """A and B with their own max values: an 8-bit B beside a 16-bit A keeps its own scale."""
     a, max_a = read_image(pair.a)
     if pair.b is None:
         width = a.shape[1]
@@ -222,9 +250,8 @@ def read_pair(pair: PairFiles) -> tuple[np.ndarray, np.ndarray, int]:
                 f"{pair.a}: width {width} is odd; an A|B image holds A in the left half and B in the right, "
                 "so its width must be even"
             )
-        return a[:, : width // 2], a[:, width // 2 :], max_a
-    b, max_b = read_image(pair.b)
-    return a, b, max(max_a, max_b)
+        return (a[:, : width // 2], max_a), (a[:, width // 2 :], max_a)
+    return (a, max_a), read_image(pair.b)
 
 
 def _resize(image: np.ndarray, max_value: int, size: int, channels: int, out_max: int) -> torch.Tensor:
@@ -238,12 +265,12 @@ def _resize(image: np.ndarray, max_value: int, size: int, channels: int, out_max
 
 def decode_split(pairs: list[PairFiles], size: int) -> PairedImages:
     raw = [read_pair(p) for p in pairs]
-    channels_a = max(a.shape[2] for a, _, _ in raw)
-    channels_b = max(b.shape[2] for _, b, _ in raw)
-    max_value = max(m for _, _, m in raw)
+    channels_a = max(a.shape[2] for (a, _), _ in raw)
+    channels_b = max(b.shape[2] for _, (b, _) in raw)
+    max_value = max(max(max_a, max_b) for (_, max_a), (_, max_b) in raw)
     dtype = torch.uint8 if max_value == 255 else torch.int32
-    a = torch.stack([_resize(a, m, size, channels_a, max_value) for a, _, m in raw]).to(dtype)
-    b = torch.stack([_resize(b, m, size, channels_b, max_value) for _, b, m in raw]).to(dtype)
+    a = torch.stack([_resize(a, max_a, size, channels_a, max_value) for (a, max_a), _ in raw]).to(dtype)
+    b = torch.stack([_resize(b, max_b, size, channels_b, max_value) for _, (b, max_b) in raw]).to(dtype)
     return PairedImages(a, b, [p.name for p in pairs], max_value)
 
 

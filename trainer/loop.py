@@ -29,6 +29,7 @@ from trainer.models import PatchDiscriminator, UNetGenerator, init_weights
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")  # G_L1 is logged without lambda_l1
 StepCallback = Callable[[int, int, int], None]  # (epoch, step within epoch, steps per epoch)
+COMPILE_MIN_STEPS = 500  # compile: auto needs a run at least this long to repay a cold compile
 
 
 @dataclass
@@ -146,7 +147,9 @@ def set_requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def generator_forward(G: nn.Module, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+def generator_forward(
+    G: nn.Module, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None
+) -> torch.Tensor:
     with autocast(device, dtype):
         return G(images).float()
 
@@ -186,7 +189,9 @@ def evaluate(
 
 
 @torch.no_grad()
-def identity_baseline(images: PairedImages, device: torch.device, batch_size: int = 64, prefix: str = "test") -> dict[str, float]:
+def identity_baseline(
+    images: PairedImages, device: torch.device, batch_size: int = 64, prefix: str = "test"
+) -> dict[str, float]:
     """The metrics of output = input: what a model must beat to have learned anything."""
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in METRIC_NAMES}
     for start in range(0, len(images), batch_size):
@@ -220,6 +225,89 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None
             f"{path}: was trained with other settings ({'; '.join(differences)}); "
             "resume with the same settings or choose a new output folder"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# one training step: the code the loop runs and `trainer.bench` times
+
+
+def training_batch(
+    images: PairedImages, index: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integers on the device -> an augmented [-1, 1] batch in the step's memory layout."""
+    a, b = images.batch(index)
+    a, b = augment(a, b, cfg.size, cfg.flip, generator)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return a.contiguous(memory_format=memory_format), b.contiguous(memory_format=memory_format)
+
+
+def use_compile(cfg: TrainConfig, device: torch.device, total_steps: int) -> bool:
+    """`compile: auto` compiles only where it pays: on CUDA, for runs of at least COMPILE_MIN_STEPS.
+
+    Measured by `trainer.bench`: on CUDA a compiled step is clearly faster and a cold compile
+    (10-30 s) is repaid within a few hundred steps. On CPU (oneDNN convolutions, which inductor
+    leaves as they are) the compiled step was no faster while the compile took minutes, so auto
+    leaves it off there; `compile: on` still forces it.
+    """
+    if cfg.compile != "auto":
+        return cfg.compile == "on"
+    return device.type == "cuda" and total_steps >= COMPILE_MIN_STEPS
+
+
+class TrainStep:
+    """One Pix2Pix step on a batch: D on real vs generated pairs, then G on adversarial + L1.
+
+    Calling it returns the step's losses (G_GAN, G_L1 unscaled, D_real, D_fake) as one detached
+    float32 tensor on the device; nothing in here reads a value back to the host, so the caller
+    decides how often to sync (the loop: once per log interval).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        G: nn.Module,
+        D: nn.Module | None,
+        opt_G: torch.optim.Optimizer,
+        opt_D: torch.optim.Optimizer | None,
+        scaler: torch.amp.GradScaler,
+        amp_dtype: torch.dtype | None,
+        compiled: bool = False,
+    ) -> None:
+        self.cfg, self.G, self.D, self.opt_G, self.opt_D, self.scaler = cfg, G, D, opt_G, opt_D, scaler
+        self.amp_dtype = amp_dtype
+        self.device = next(G.parameters()).device
+        # The compiled wrappers share the modules' parameters: checkpoints keep using G and D.
+        self.G_fwd = torch.compile(G) if compiled else G
+        self.D_fwd = torch.compile(D) if compiled and D is not None else D
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        cfg, D, scaler = self.cfg, self.D, self.scaler
+        with autocast(self.device, self.amp_dtype):
+            fake = self.G_fwd(a)
+        zero = torch.zeros((), device=self.device)
+        g_gan = d_real = d_fake = zero
+        if D is not None:
+            # D: real pairs -> 1, generated pairs -> 0 (G's output detached).
+            set_requires_grad(D, True)
+            with autocast(self.device, self.amp_dtype):
+                real_logits = self.D_fwd(a, b)
+                fake_logits = self.D_fwd(a, fake.detach())
+                d_real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                d_fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+            self.opt_D.zero_grad(set_to_none=True)
+            scaler.scale(0.5 * (d_real + d_fake)).backward()
+            scaler.step(self.opt_D)
+            # G's adversarial term: fool D, whose weights stay fixed for this step.
+            set_requires_grad(D, False)
+            with autocast(self.device, self.amp_dtype):
+                logits = self.D_fwd(a, fake)
+                g_gan = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        g_l1 = (fake.float() - b).abs().mean()
+        self.opt_G.zero_grad(set_to_none=True)
+        scaler.scale(cfg.gan_weight * g_gan + cfg.lambda_l1 * g_l1).backward()
+        scaler.step(self.opt_G)
+        scaler.update()
+        return torch.stack([g_gan, g_l1, d_real, d_fake]).detach().float()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,9 +349,8 @@ def train(
         opt_D = build_optimizer(D, cfg.lr_D, cfg)
         sched_D = build_scheduler(opt_D, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    compile_models = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    G_step = torch.compile(G) if compile_models else G
-    D_step = torch.compile(D) if compile_models and D is not None else D
+    compiled = use_compile(cfg, device, total_steps=cfg.epochs * steps_per_epoch)
+    train_step = TrainStep(cfg, G, D, opt_G, opt_D, scaler, amp_dtype, compiled)
 
     history: list[dict[str, float | int]] = []
     best_val_ssim, best_epoch, start_epoch = -math.inf, 0, 0
@@ -282,7 +369,6 @@ def train(
         history = state["history"]
         best_val_ssim, best_epoch, start_epoch = state["best_val_ssim"], state["best_epoch"], state["epoch"]
 
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for epoch in range(start_epoch, cfg.epochs):
         G.train()
         started = time.perf_counter()
@@ -290,38 +376,8 @@ def train(
         # Losses accumulate on the device and are read once per log interval: no sync per step.
         sums = torch.zeros(len(LOSS_NAMES), device=device)
         for step in range(steps_per_epoch):
-            a, b = train_set.batch(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
-            a, b = augment(a, b, cfg.size, cfg.flip, data_rng)
-            a = a.contiguous(memory_format=memory_format)
-            b = b.contiguous(memory_format=memory_format)
-
-            with autocast(device, amp_dtype):
-                fake = G_step(a)
-            zero = torch.zeros((), device=device)
-            g_gan = d_real = d_fake = zero
-            if D is not None:
-                # D: real pairs -> 1, generated pairs -> 0 (G's output detached).
-                set_requires_grad(D, True)
-                with autocast(device, amp_dtype):
-                    real_logits = D_step(a, b)
-                    fake_logits = D_step(a, fake.detach())
-                    d_real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                    d_fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-                opt_D.zero_grad(set_to_none=True)
-                scaler.scale(0.5 * (d_real + d_fake)).backward()
-                scaler.step(opt_D)
-                # G's adversarial term: fool D, whose weights stay fixed for this step.
-                set_requires_grad(D, False)
-                with autocast(device, amp_dtype):
-                    logits = D_step(a, fake)
-                    g_gan = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-            g_l1 = (fake.float() - b).abs().mean()
-            opt_G.zero_grad(set_to_none=True)
-            scaler.scale(cfg.gan_weight * g_gan + cfg.lambda_l1 * g_l1).backward()
-            scaler.step(opt_G)
-            scaler.update()
-
-            sums += torch.stack([g_gan, g_l1, d_real, d_fake]).detach().float()
+            a, b = training_batch(train_set, order[step * cfg.batch_size : (step + 1) * cfg.batch_size], cfg, data_rng)
+            sums += train_step(a, b)
             last_step = step == steps_per_epoch - 1
             if (step + 1) % cfg.log_every == 0 or last_step:
                 if not torch.isfinite(sums).all():

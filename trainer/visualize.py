@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from trainer.checkpoint import write_atomic_bytes
+from trainer.data import png_bytes
 
 
 def to_uint8_rgb(x: torch.Tensor) -> np.ndarray:
@@ -29,12 +28,6 @@ def sample_grid(inputs: torch.Tensor, outputs: torch.Tensor, targets: torch.Tens
         rows.append(np.concatenate([cells[0], spacer, cells[1], spacer, cells[2]], axis=1))
         rows.append(np.full((gap, rows[-1].shape[1], 3), 255, np.uint8))
     return np.concatenate(rows[:-1], axis=0)
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def save_grid(path: Path, inputs: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:

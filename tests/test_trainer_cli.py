@@ -1,0 +1,334 @@
+"""The trainer's command lines, run as users run them: flags, clean errors, train -> evaluate, predict."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from conftest import PairedFolder
+
+from trainer import evaluate as evaluate_cli
+from trainer import predict as predict_cli
+from trainer import train as train_cli
+from trainer.checkpoint import BEST, LAST, load_torch
+from trainer.config import GeneratorConfig, TrainConfig
+from trainer.data import png_bytes
+from trainer.export import export_generator
+from trainer.models import UNetGenerator, init_weights
+
+MakeFolder = Callable[..., PairedFolder]
+TINY_FLAGS = ["--size", "32", "--epochs", "2", "--ngf", "8", "--ndf", "8", "--batch_size", "8"]
+TINY_FLAGS += ["--max_train_images", "64", "--precision", "fp32", "--device", "cpu"]
+
+
+def run_cli(module: str, *args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", module, *map(str, args)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+
+
+def assert_one_line_error(stderr: str, *expected: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# flags
+
+
+def test_every_config_field_is_a_flag_in_both_spellings() -> None:
+    options = {option for action in train_cli.build_parser()._actions for option in action.option_strings}
+    for field in dataclasses.fields(TrainConfig):
+        assert f"--{field.name}" in options
+        assert f"--{field.name.replace('_', '-')}" in options
+
+
+def test_defaults_come_from_the_config() -> None:
+    cfg, out, resume = train_cli.parse_args([])
+    assert cfg == TrainConfig() and out == Path("runs/glyphs-256px") and not resume
+
+
+def test_flags_set_config_fields() -> None:
+    argv = ["--lambda-l1", "10", "--lr_G", "1e-3", "--no-flip", "--lr_policy", "cosine", "--no-channels-last"]
+    cfg, out, _ = train_cli.parse_args([*argv, "--data", "/data/facades", "--out", "x", "--resume"])
+    expected = TrainConfig(data="/data/facades", lambda_l1=10.0, lr_G=1e-3, flip=False, lr_policy="cosine")
+    assert cfg == expected.replace(channels_last=False) and out == Path("x")
+    assert train_cli.parse_args(["--data", "/data/facades/", "--size", "64"])[1] == Path("runs/facades-64px")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--batch_size", "many"], "--batch_size/--batch-size: invalid int value"),
+        (["--lr_policy", "step"], "invalid choice: 'step'"),
+        (["--dropout", "1.5"], "dropout must be in [0, 1)"),
+        (["--unknown"], "unrecognized arguments: --unknown"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(argv)
+    assert exit_info.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: exit 2, one line naming the file or field, and no checkpoint written
+
+
+def missing_folder(tmp_path: Path, paired_folder: MakeFolder) -> tuple[Path, list[str]]:
+    return tmp_path / "nowhere", ["nowhere", "data folder not found"]
+
+
+def unpaired_names(tmp_path: Path, paired_folder: MakeFolder) -> tuple[Path, list[str]]:
+    root = paired_folder(count=6).root
+    shutil.copy(root / "A" / "img001.png", root / "A" / "extra.png")
+    return root, ["extra.png", "needs a B image with the same name"]
+
+
+def odd_width(tmp_path: Path, paired_folder: MakeFolder) -> tuple[Path, list[str]]:
+    root = paired_folder(count=6, layout="side_by_side").root
+    iio.imwrite(root / "img003.png", np.zeros((32, 63, 3), np.uint8))
+    return root, ["img003.png", "width 63 is odd", "must be even"]
+
+
+def corrupt_image(tmp_path: Path, paired_folder: MakeFolder) -> tuple[Path, list[str]]:
+    root = paired_folder(count=6).root
+    (root / "B" / "img004.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    return root, ["img004.png", "cannot be read as an image", "replace or remove it"]
+
+
+@pytest.mark.parametrize("make_bad_input", [missing_folder, unpaired_names, odd_width, corrupt_image])
+def test_bad_data_is_refused_cleanly(
+    make_bad_input: Callable[..., tuple[Path, list[str]]], paired_folder: MakeFolder, tmp_path: Path
+) -> None:
+    data, expected = make_bad_input(tmp_path, paired_folder)
+    out = tmp_path / "run"
+    result = run_cli("trainer.train", "--data", data, *TINY_FLAGS, "--out", out, cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, *expected)
+    assert not out.exists()  # the data is checked before anything is written
+
+
+def test_size_must_be_a_power_of_two(paired_folder: MakeFolder, tmp_path: Path) -> None:
+    data, out = paired_folder(count=6).root, tmp_path / "run"
+    result = run_cli("trainer.train", "--data", data, *TINY_FLAGS, "--size", "48", "--out", out, cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "size must be a power of 2", "(got 48)")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# train -> evaluate
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, glyphs_root: Path) -> tuple[Path, str]:
+    """A 2-epoch glyph run made by the training CLI: its folder and what it printed."""
+    workdir = tmp_path_factory.mktemp("cli")
+    result = run_cli("trainer.train", "--data", "builtin:glyphs", *TINY_FLAGS, "--out", "run", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    return workdir / "run", result.stdout
+
+
+def test_train_reports_every_epoch_and_the_best_against_identity(tiny_run: tuple[Path, str]) -> None:
+    run_dir, stdout = tiny_run
+    for text in ("epoch 1/2", "epoch 2/2", "G_GAN", "G_L1", "D_real", "D_fake", "val_ssim", "val_psnr", "val_mae"):
+        assert text in stdout
+    assert "lr_G 2.00e-04" in stdout and "lr_G 1.00e-04" in stdout
+    assert "identity (output = input)" in stdout and "SSIM" in stdout and "MAE" in stdout
+    assert f"{Path(run_dir.name) / BEST} (epoch 2)" in stdout  # --out was given as "run"
+    assert load_torch(run_dir / LAST)["epoch"] == 2
+
+
+def test_train_refuses_to_overwrite_a_run(tiny_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir, _ = tiny_run
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["--data", "builtin:glyphs", *TINY_FLAGS, "--out", str(run_dir)])
+    assert exit_info.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, str(run_dir / LAST), "--resume", "another --out")
+
+
+def test_resume_of_a_finished_run_only_reports(tiny_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir, _ = tiny_run
+    before = (run_dir / LAST).stat().st_mtime_ns
+    train_cli.main(["--data", "builtin:glyphs", *TINY_FLAGS, "--out", str(run_dir), "--resume"])
+    assert "best epoch" in capsys.readouterr().out
+    assert (run_dir / LAST).stat().st_mtime_ns == before
+
+
+def test_evaluate_prints_the_table_and_writes_the_grid(tiny_run: tuple[Path, str]) -> None:
+    run_dir, _ = tiny_run
+    result = run_cli("trainer.evaluate", "--checkpoint", run_dir / BEST, "--split", "test", cwd=run_dir)
+    assert result.returncode == 0, result.stderr
+    for text in ("on test", "SSIM", "PSNR", "MAE", "identity (output = input)"):
+        assert text in result.stdout
+    grid = iio.imread(run_dir / "test_samples.png")
+    assert grid.shape == (8 * 32 + 7 * 2, 3 * 32 + 2 * 2, 3)  # 8 rows of input | output | target
+
+
+def test_evaluate_checkpoint_uses_the_runs_split(tiny_run: tuple[Path, str]) -> None:
+    run_dir, _ = tiny_run
+    result = evaluate_cli.evaluate_checkpoint(run_dir / BEST, split="val", device="cpu")
+    history = load_torch(run_dir / BEST)["history"]
+    # fp32 run: the val SSIM of the best epoch is what the loop recorded for it
+    assert result.metrics["val_ssim"] == pytest.approx(history[result.epoch - 1]["val_ssim"], abs=1e-6)
+    assert result.baseline is not None and set(result.baseline) == {"val_ssim", "val_psnr", "val_mae"}
+    assert [t.shape for t in result.samples] == [(8, 1, 32, 32)] * 3
+
+
+def test_evaluate_refuses_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_cli.main(["--checkpoint", str(tmp_path / "best.pt")])
+    assert exit_info.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, "best.pt: checkpoint not found")
+
+
+def test_a_diverging_run_exits_1_with_one_line(
+    glyphs_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["--data", "builtin:glyphs", *TINY_FLAGS, "--lambda_l1", "1e300", "--out", str(tmp_path)])
+    assert exit_info.value.code == 1
+    assert_one_line_error(capsys.readouterr().err, "NaN or infinite", "lower lr_G/lr_D")
+
+
+# ---------------------------------------------------------------------------------------------
+# predict
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny gray -> RGB generator exported as trainer.export writes it (weights, TorchScript, ONNX)."""
+    torch.manual_seed(0)
+    G = UNetGenerator(GeneratorConfig(in_channels=1, out_channels=3, size=32, ngf=8))
+    init_weights(G)
+    folder = tmp_path_factory.mktemp("export") / "best"
+    card = export_generator(G, folder, {"name": "tiny test generator"})
+    assert card["onnx_max_abs_diff"] < 1e-4
+    return folder
+
+
+def png_header(path: Path) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) from a PNG's IHDR chunk."""
+    return struct.unpack(">IIBB", path.read_bytes()[16:26])
+
+
+def test_predict_translates_a_folder(export_dir: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rgb_at_model_size = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    iio.imwrite(inputs / "exact.png", rgb_at_model_size)
+    iio.imwrite(inputs / "gray.png", rng.integers(0, 256, (50, 70), dtype=np.uint8))
+    iio.imwrite(inputs / "deep_gray.tif", rng.integers(0, 65536, (40, 24), dtype=np.uint16))
+    iio.imwrite(inputs / "deep_rgb.tiff", rng.integers(0, 65536, (33, 47, 3), dtype=np.uint16))
+    (inputs / "notes.txt").write_text("not an image, ignored")
+
+    result = run_cli(
+        "trainer.predict",
+        "--model",
+        export_dir,
+        "--input",
+        inputs,
+        "--output",
+        "out",
+        "--batch_size",
+        "3",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["deep_gray.png", "deep_rgb.png", "exact.png", "gray.png"]
+    # every output is RGB (the model's 3 channels) at its input's size and bit depth
+    assert png_header(out / "exact.png") == (32, 32, 8, 2)
+    assert png_header(out / "gray.png") == (70, 50, 8, 2)
+    assert png_header(out / "deep_gray.png") == (24, 40, 16, 2)
+    assert png_header(out / "deep_rgb.png") == (47, 33, 16, 2)
+
+    # an input at the model's size goes through unresized: RGB -> luma, G, [-1, 1] -> 8 bit
+    G = UNetGenerator(GeneratorConfig(1, 3, 32, ngf=8))
+    G.load_state_dict(load_torch(export_dir / "generator.pt")["state_dict"])
+    luma = rgb_at_model_size.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255
+    with torch.no_grad():
+        y = G.eval()(torch.from_numpy(luma * 2 - 1)[None, None])[0]
+    expected = ((y + 1) / 2 * 255).round().permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(iio.imread(out / "exact.png"), expected, atol=1)
+
+
+def test_predict_converts_channels_both_ways() -> None:
+    gray = torch.rand(1, 1, 4, 4)
+    assert torch.equal(predict_cli.match_channels(gray, 3), gray.expand(-1, 3, -1, -1))
+    rgb = torch.rand(1, 3, 4, 4)
+    expected = 0.299 * rgb[:, :1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:]
+    torch.testing.assert_close(predict_cli.match_channels(rgb, 1), expected)
+
+
+def test_png_writer_round_trips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for image in (
+        rng.integers(0, 256, (5, 7, 1), dtype=np.uint8),
+        rng.integers(0, 256, (5, 7, 3), dtype=np.uint8),
+        rng.integers(0, 65536, (5, 7, 1), dtype=np.uint16),
+    ):
+        (tmp_path / "x.png").write_bytes(png_bytes(image))
+        np.testing.assert_array_equal(iio.imread(tmp_path / "x.png").reshape(image.shape), image)
+
+
+def missing_input(folder: Path) -> Path:
+    return folder / "missing"
+
+
+def empty_input(folder: Path) -> Path:
+    return folder
+
+
+def unreadable_input(folder: Path) -> Path:
+    iio.imwrite(folder / "good.png", np.zeros((8, 8), np.uint8))
+    (folder / "bad.png").write_bytes(b"junk")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("make_input", "expected"),
+    [
+        (missing_input, "input folder not found"),
+        (empty_input, "no images found"),
+        (unreadable_input, "bad.png: cannot be read as an image"),
+    ],
+)
+def test_predict_errors_are_one_line(
+    make_input: Callable[[Path], Path],
+    expected: str,
+    export_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    argv = ["--model", str(export_dir), "--input", str(make_input(inputs)), "--output", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        predict_cli.main(argv)
+    assert exit_info.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, expected)
+
+
+def test_predict_needs_an_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    iio.imwrite(inputs / "x.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(SystemExit):
+        predict_cli.main(["--model", str(tmp_path), "--input", str(inputs), "--output", str(tmp_path / "out")])
+    assert_one_line_error(capsys.readouterr().err, "not an exported model")

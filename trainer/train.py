@@ -1,0 +1,211 @@
+"""`python -m trainer.train`: train one Pix2Pix model from the command line.
+
+Every TrainConfig field is a flag of the same name (`--lambda_l1`, `--lr_G`; `--lambda-l1` works too),
+with its help text and default taken from the dataclass, so the CLI can never drift from the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, get_args, get_type_hints
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from trainer.builtin import BUILTIN_PREFIX
+from trainer.checkpoint import BEST, LAST, load_torch
+from trainer.config import TrainConfig
+from trainer.data import PairedData
+from trainer.errors import TrainingDiverged, UserError, exits_cleanly_on_user_error
+from trainer.loop import LOSS_NAMES, EpochResult, identity_baseline, load_run_data, pick_device, train
+from trainer.metrics import METRIC_NAMES
+
+EXIT_DIVERGED = 1
+EXIT_INTERRUPTED = 130
+METRIC_LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "mae": "MAE"}
+HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "mae": False}
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints usage plus a message and exits 2; make that the project's one-line UserError."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see --help)")
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field. Unset flags stay absent, so TrainConfig supplies every default."""
+    hints = get_type_hints(TrainConfig)
+    group = parser.add_argument_group("training settings (names as in search spaces and checkpoints)")
+    for field in dataclasses.fields(TrainConfig):
+        names = [f"--{field.name}"]
+        if "_" in field.name:
+            names.append(f"--{field.name.replace('_', '-')}")
+        kwargs: dict[str, Any] = {
+            "dest": field.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{field.metadata['help']} (default: {field.default})",
+        }
+        choices = get_args(hints[field.name])
+        if isinstance(field.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif choices:
+            kwargs["choices"] = choices
+        else:
+            kwargs["type"] = type(field.default)
+            kwargs["metavar"] = type(field.default).__name__.upper()
+        group.add_argument(*names, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="python -m trainer.train",
+        description="Train a Pix2Pix generator (U-Net) with a PatchGAN discriminator on paired images.",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="run folder for checkpoints and split.json (default: runs/<data>-<size>px)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    add_config_flags(parser)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, Path, bool]:
+    args = vars(build_parser().parse_args(argv))
+    out, resume = args.pop("out"), args.pop("resume")
+    cfg = TrainConfig.from_dict(args, source="command line")
+    return cfg, out if out is not None else default_run_dir(cfg), resume
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    """runs/<data name>-<size>px: the same command lands in the same folder, so --resume finds it."""
+    name = cfg.data.removeprefix(BUILTIN_PREFIX) if cfg.data.startswith(BUILTIN_PREFIX) else Path(cfg.data).name
+    return Path("runs") / f"{name or 'data'}-{cfg.size}px"
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    if (run_dir / LAST).exists() and not resume:
+        raise UserError(
+            f"{run_dir / LAST}: a run already exists here; pass --resume to continue it or choose another --out"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def step_progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("{task.fields[images_per_s]:>7.1f} images/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def epoch_line(result: EpochResult, epochs: int) -> str:
+    losses = "  ".join(f"{name} {result.losses[name]:.4f}" for name in LOSS_NAMES if name in result.losses)
+    val = "  ".join(f"{name} {value:.4f}" for name, value in result.val.items())
+    best = "  [green]best[/green]" if result.is_best else ""
+    return (
+        f"epoch {result.epoch}/{epochs}  {losses}  |  {val}  |  lr_G {result.lr_G:.2e}  lr_D {result.lr_D:.2e}"
+        f"  |  {result.seconds:.1f}s{best}"
+    )
+
+
+def comparison_table(title: str, model: dict[str, float], baseline: dict[str, float] | None, prefix: str) -> Table:
+    """Model metrics next to the identity baseline (output = input), when there is one."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("model", justify="right")
+    if baseline is not None:
+        table.add_column("identity (output = input)", justify="right")
+        table.add_column("model better?", justify="center")
+    for name in METRIC_NAMES:
+        key = f"{prefix}_{name}"
+        row = [METRIC_LABELS[name], f"{model[key]:.4f}"]
+        if baseline is not None:
+            better = model[key] > baseline[key] if HIGHER_IS_BETTER[name] else model[key] < baseline[key]
+            row += [f"{baseline[key]:.4f}", "[green]yes[/green]" if better else "[red]no[/red]"]
+        table.add_row(*row)
+    return table
+
+
+def describe_data(data: PairedData, cfg: TrainConfig) -> str:
+    counts = " / ".join(f"{len(images)} {split}" for split, images in data.splits.items())
+    return f"{cfg.data}: {counts} pairs, {data.in_channels} -> {data.out_channels} channels at {cfg.size} px"
+
+
+def print_summary(console: Console, cfg: TrainConfig, data: PairedData, run_dir: Path) -> None:
+    state = load_torch(run_dir / LAST)
+    history = state["history"]
+    best = next(row for row in history if row["epoch"] == state["best_epoch"])
+    baseline = None
+    if data.has_identity_baseline:
+        baseline = identity_baseline(data.splits["val"], pick_device(cfg.device), cfg.val_batch_size, prefix="val")
+    title = f"best epoch {best['epoch']}/{cfg.epochs} on val ({len(data.splits['val'])} pairs)"
+    console.print(comparison_table(title, best, baseline, prefix="val"))
+    console.print(
+        f"checkpoints: {run_dir / BEST} (epoch {best['epoch']}), {run_dir / LAST} (epoch {history[-1]['epoch']})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+
+
+def run(cfg: TrainConfig, run_dir: Path, resume: bool, console: Console) -> None:
+    check_run_dir(run_dir, resume)
+    if resume and not (run_dir / LAST).exists():
+        console.print(f"no {run_dir / LAST} yet: starting a new run")
+    # Load (and validate) the data before anything is written, so bad input leaves no run folder behind.
+    data = load_run_data(cfg, run_dir)
+    console.print(describe_data(data, cfg))
+    with step_progress(console) as progress:
+        task = progress.add_task("starting", total=None, images_per_s=0.0)
+        epoch_started = time.perf_counter()
+
+        def on_step(epoch: int, step: int, steps: int) -> None:
+            nonlocal epoch_started
+            if step == 1:
+                epoch_started = time.perf_counter()
+            rate = step * cfg.batch_size / max(time.perf_counter() - epoch_started, 1e-9)
+            progress.update(
+                task, description=f"epoch {epoch}/{cfg.epochs}", completed=step, total=steps, images_per_s=rate
+            )
+
+        for result in train(cfg, run_dir, resume=resume, on_step=on_step, data=data):
+            progress.console.print(epoch_line(result, cfg.epochs))
+    print_summary(console, cfg, data, run_dir)
+
+
+@exits_cleanly_on_user_error
+def main(argv: Sequence[str] | None = None) -> None:
+    cfg, run_dir, resume = parse_args(argv)
+    try:
+        run(cfg, run_dir, resume, Console())
+    except TrainingDiverged as err:
+        print(
+            f"error: {err}; lower lr_G/lr_D or use --precision fp32, and start again with a new --out", file=sys.stderr
+        )
+        raise SystemExit(EXIT_DIVERGED) from None
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with the same flags plus --resume --out {run_dir}", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+if __name__ == "__main__":
+    main()
