@@ -19,7 +19,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 demo: $(STAMP)
-	$(BIN)/python -m trainer.train --data builtin:glyphs --size 64 --epochs 5 --out runs/demo
+	$(BIN)/python -m trainer.train --data builtin:glyphs --size 64 --epochs 5 --ngf 32 --ndf 32 \
+		--max_train_images 1120 --lr_G 1e-3 --lr_D 1e-4 --dropout 0 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 bench: $(STAMP)
 	$(BIN)/python -m trainer.bench $(ARGS)

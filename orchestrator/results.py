@@ -30,8 +30,10 @@ def _number(value: Any) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def summarize_trials(results: Any, epochs: int) -> list[dict[str, Any]]:
-    """One record per Tune trial: status, why it ended, params, per-epoch history."""
+def summarize_trials(results: Any, epochs: int, extra_history_keys: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One record per Tune trial: status, why it ended, params, per-epoch history (HISTORY_KEYS and
+    any extra columns of Tune's results, such as its timestamp)."""
+    keys = HISTORY_KEYS + extra_history_keys
     trials = []
     for result in results:
         metrics = result.metrics or {}
@@ -40,7 +42,7 @@ def summarize_trials(results: Any, epochs: int) -> list[dict[str, Any]]:
             frame = result.metrics_dataframe
             for row in frame.to_dict("records"):
                 if not math.isnan(row.get("epoch", math.nan)):
-                    history.append({k: _number(row[k]) for k in HISTORY_KEYS if k in row})
+                    history.append({k: _number(row[k]) for k in keys if k in row})
         epochs_run = int(metrics.get("epoch", 0))
         failed = result.error is not None
         status = end_reason(epochs_run, epochs, bool(metrics.get("plateau_stop")), failed)
