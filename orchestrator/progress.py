@@ -34,6 +34,8 @@ class LiveTrialTable(tune.Callback):
         self.epochs = epochs
         self._console: Console | None = None
         self._live: Live | None = None
+        # Tune calls on_trial_complete / on_trial_error before it sets the trial's final status.
+        self._ended: dict[str, str] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_console": None, "_live": None}
@@ -45,12 +47,12 @@ class LiveTrialTable(tune.Callback):
         return self._console
 
     def status(self, trial: Any) -> str:
-        if trial.status not in ("TERMINATED", "ERROR"):
-            return trial.status.lower()
+        """Why a trial ended, once it has."""
+        state = self._ended.get(trial.trial_id, trial.status)
+        if state not in ("TERMINATED", "ERROR"):
+            return state.lower()
         result = trial.last_result or {}
-        return end_reason(
-            result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")), trial.status == "ERROR"
-        )
+        return end_reason(result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")), state == "ERROR")
 
     def table(self, trials: list[Any]) -> Table:
         table = Table(title="pix2pix-tune search", title_justify="left", expand=False)
@@ -80,6 +82,7 @@ class LiveTrialTable(tune.Callback):
             self._live.update(self.table(trials))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended.pop(trial.trial_id, None)  # an errored trial restarted by --resume
         params = ", ".join(f"{p}={format_value(trial.config.get(p))}" for p in self.params)
         self.redraw(trials, f"trial {trial.trial_id} started: {params}")
 
@@ -91,9 +94,11 @@ class LiveTrialTable(tune.Callback):
         self.redraw(trials, line)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended[trial.trial_id] = "TERMINATED"
         self.redraw(trials, f"trial {trial.trial_id} {self.status(trial)}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended[trial.trial_id] = "ERROR"
         self.redraw(trials, f"trial {trial.trial_id} {self.status(trial)}")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
