@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -219,6 +220,15 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     card = export_generator(G, folder, {"name": "tiny test generator"})
     assert card["onnx_max_abs_diff"] < 1e-4
     return folder
+
+
+def test_export_is_readable_like_any_new_file(export_dir: Path) -> None:
+    """Atomic writes go through private temp files; the export must not stay private (shared storage)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(export_dir.stat().st_mode) == 0o777 & ~umask
+    for path in export_dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
 
 
 def png_header(path: Path) -> tuple[int, int, int, int]:

@@ -17,7 +17,6 @@ import io
 import os
 import random
 import shutil
-import tempfile
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from trainer.checkpoint import temp_dir_beside
 from trainer.config import MIN_SIZE
 from trainer.errors import UserError
 
@@ -54,8 +54,7 @@ def builtin_root(name: str) -> Path:
         raise UserError(f"{BUILTIN_PREFIX}{name}: unknown built-in dataset; choose one of {known}")
     root = cache_dir() / f"{name}-{VERSION}"
     if not root.is_dir():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root.parent))
+        tmp = temp_dir_beside(root)
         try:
             BUILDERS[name](tmp)
             os.rename(tmp, root)

@@ -24,10 +24,27 @@ LAST = "last.pt"
 BEST = "best.pt"
 
 
+def temp_dir_beside(final: Path) -> Path:
+    """An empty folder beside `final`, to fill and then rename to `final`."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    use_default_permissions(tmp, directory=True)
+    return tmp
+
+
+def use_default_permissions(path: Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create private files (0600/0700); give them the mode a plain open or mkdir
+    would, so that a team sharing the storage can read the results."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
+    use_default_permissions(Path(tmp))
     try:
         write(Path(tmp))
         os.replace(tmp, path)

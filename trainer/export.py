@@ -17,7 +17,6 @@ import dataclasses
 import io
 import json
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.checkpoint import json_safe, load_torch, write_json
+from trainer.checkpoint import json_safe, load_torch, temp_dir_beside, write_json
 from trainer.config import GeneratorConfig
 from trainer.errors import UserError
 from trainer.models import UNetGenerator
@@ -49,8 +48,7 @@ def export_generator(
     folder = Path(folder)
     G = G.float().cpu().eval().to(memory_format=torch.contiguous_format)
     gcfg = G.cfg
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp = temp_dir_beside(folder)
     try:
         state = {k: v.contiguous() for k, v in G.state_dict().items()}
         torch.save({"generator_config": dataclasses.asdict(gcfg), "state_dict": state}, tmp / WEIGHTS)
