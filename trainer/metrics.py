@@ -15,15 +15,28 @@ K1, K2 = 0.01, 0.03
 METRIC_NAMES = ("ssim", "psnr", "mae")
 
 
+# On CPU, SSIM runs over chunks of about this many input values (per image of the pair): the five
+# statistics maps of a chunk then stay in cache. 32 images of 3 x 256 x 256 on 2 cores: 550 ms in
+# one piece, 80 ms in chunks of two images (per-image skimage: 240 ms).
+CPU_CHUNK_VALUES = 1 << 19
+
+
 def ssim_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N,). Computed in float32 whatever the input dtype."""
     x, y = x.float(), y.float()
     n, c, h, w = x.shape
     if min(h, w) < WINDOW:
         raise ValueError(f"SSIM needs images of at least {WINDOW}x{WINDOW} (got {h}x{w})")
-    # 'valid' box filtering = skimage's uniform filter followed by its crop of (WINDOW-1)//2 pixels.
-    stats = torch.cat([x, y, x * x, y * y, x * y], 1)
-    mean = F.avg_pool2d(stats, WINDOW, stride=1)
+    # A 'valid' box filter = skimage's uniform filter followed by its crop of (WINDOW-1)//2 pixels;
+    # a depthwise convolution is several times faster than avg_pool2d on CPU.
+    box = torch.full((5 * c, 1, WINDOW, WINDOW), 1 / WINDOW**2, device=x.device)
+    chunk = max(1, CPU_CHUNK_VALUES // (c * h * w)) if x.device.type == "cpu" else n
+    return torch.cat([_ssim(x[i : i + chunk], y[i : i + chunk], box) for i in range(0, n, chunk)])
+
+
+def _ssim(x: torch.Tensor, y: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    c = x.shape[1]
+    mean = F.conv2d(torch.cat([x, y, x * x, y * y, x * y], 1), box, groups=5 * c)
     ux, uy, uxx, uyy, uxy = mean.split(c, 1)
     cov_norm = WINDOW * WINDOW / (WINDOW * WINDOW - 1)  # sample, not population, covariance
     vx = cov_norm * (uxx - ux * ux)
