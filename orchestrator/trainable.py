@@ -50,33 +50,42 @@ def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
     """
     torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
     cfg = TrainConfig.from_dict({**settings.fixed, **params}, source="trial config")
-    run_dir = Path(tune.get_context().get_trial_dir()) / "run"
+    diverged = Path(tune.get_context().get_trial_dir()) / DIVERGED_MARKER
+    if diverged.exists():
+        raise TrainingDiverged(diverged.read_text())
+    # The trainer's run folder is scratch space outside the trial folder: Tune's checkpoints are what
+    # persists, and Tune would otherwise copy the folder's checkpoints to storage a second time.
+    run_dir = Path(tempfile.mkdtemp(prefix="pix2pix-trial-"))
+    try:
+        train_and_report(cfg, run_dir, settings)
+    except TrainingDiverged as err:
+        write_atomic_text(diverged, str(err))
+        raise
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def train_and_report(cfg: TrainConfig, run_dir: Path, settings: TrialSettings) -> None:
+    """Train from Tune's checkpoint (if any), reporting each epoch; returns early on a plateau."""
     resume = restore_from_tune_checkpoint(run_dir)
-    if (run_dir / DIVERGED_MARKER).exists():
-        raise TrainingDiverged((run_dir / DIVERGED_MARKER).read_text())
     node_id = ray.get_runtime_context().get_node_id()
     gpu_ids = ",".join(str(i) for i in ray.get_gpu_ids())  # the GPUs Ray gave this trial on its node; "" on CPU
-
     data = load_run_data(cfg, run_dir)
     val = data.splits["val"]
     panel_inputs, panel_targets = val.batch(torch.arange(min(PANEL_SAMPLES, len(val))))
-    try:
-        for result in train(cfg, run_dir, resume=resume, data=data):
-            metrics = result.metrics()
-            plateaued = settings.stop_patience > 0 and result.epoch - result.best_epoch >= settings.stop_patience
-            metrics["plateau_stop"] = int(plateaued)
-            metrics["node_id"] = node_id
-            metrics["gpu_ids"] = gpu_ids
-            panel = None
-            if result.epoch % settings.image_every == 0 or result.epoch == cfg.epochs:
-                outputs = translate(result.generator, panel_inputs)
-                panel = png_bytes(sample_grid(panel_inputs, outputs, panel_targets))
-            report_with_checkpoint(metrics, run_dir, panel)  # Tune stops a trial by raising SystemExit here
-            if plateaued:
-                return
-    except TrainingDiverged as err:
-        write_atomic_text(run_dir / DIVERGED_MARKER, str(err))
-        raise
+    for result in train(cfg, run_dir, resume=resume, data=data):
+        metrics = result.metrics()
+        plateaued = settings.stop_patience > 0 and result.epoch - result.best_epoch >= settings.stop_patience
+        metrics["plateau_stop"] = int(plateaued)
+        metrics["node_id"] = node_id
+        metrics["gpu_ids"] = gpu_ids
+        panel = None
+        if result.epoch % settings.image_every == 0 or result.epoch == cfg.epochs:
+            outputs = translate(result.generator, panel_inputs)
+            panel = png_bytes(sample_grid(panel_inputs, outputs, panel_targets))
+        report_with_checkpoint(metrics, run_dir, panel)  # Tune stops a trial by raising SystemExit here
+        if plateaued:
+            return
 
 
 def end_reason(epochs_run: int, epochs: int, plateaued: bool, failed: bool) -> str:

@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from search_cli import ROOT, search_command, search_env
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "tests" / "specs" / "tiny.yaml"
 MB = 1024**2
 NODE_STORE = 80 * MB  # each node's own object store (Ray would take 30% of RAM per node otherwise)
 SEARCH_TIMEOUT = 240  # seconds; a search here takes well under a minute without other load
@@ -100,23 +98,8 @@ def worker_ids(cluster: Any) -> set[str]:
 
 
 def start_search(cluster: Any, storage: Path, log: Path, *flags: str) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "orchestrator.search",
-        "--address",
-        cluster.address,
-        "--config",
-        str(TINY),
-        "--storage-path",
-        str(storage),
-        "--name",
-        "multi",
-        "--wandb",
-        "off",
-        *flags,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # RAY_AUTH_MODE, RAY_TMPDIR and PIX2PIX_CACHE included
+    command = search_command(storage, "multi", "--address", cluster.address, "--wandb", "off", *flags)
+    env = search_env()  # RAY_AUTH_MODE, RAY_TMPDIR and PIX2PIX_CACHE included
     with log.open("w") as out:
         return subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

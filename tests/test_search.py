@@ -15,15 +15,13 @@ import onnxruntime
 import optuna
 import pytest
 import torch
+from search_cli import ROOT, TINY, search_command, search_env
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from orchestrator import search
 from orchestrator.spec import load_spec
 from trainer.data import load_paired_data
 from trainer.export import CARD, ONNX, SAMPLES, WEIGHTS, load_generator
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "tests" / "specs" / "tiny.yaml"
 
 
 def run_search(tmp_path: Path, *extra: str) -> int:
@@ -56,6 +54,16 @@ def test_early_stopping_ends_some_trials_before_the_last_epoch(finished_search: 
     stopped = [t for t in summary["trials"] if t["status"] in ("stopped_asha", "stopped_plateau")]
     assert stopped, [t["status"] for t in summary["trials"]]
     assert all(t["epochs"] < 3 or t["status"] == "stopped_plateau" for t in stopped)
+
+
+def test_trial_folders_hold_tunes_checkpoints_and_nothing_twice(finished_search: Path) -> None:
+    trial_dirs = sorted(finished_search.glob("run_trial_*"))
+    assert len(trial_dirs) == load_spec(TINY).search.num_samples
+    for trial_dir in trial_dirs:
+        # Every reported epoch is one Tune checkpoint; at most the best and the latest are kept.
+        assert 1 <= len(list(trial_dir.glob("checkpoint_*/last.pt"))) <= 2, trial_dir.name
+        # The trainer's own run folder was scratch space: no second copy of the checkpoints.
+        assert not [p for p in trial_dir.rglob("*.pt") if not p.parent.name.startswith("checkpoint_")]
 
 
 def test_optuna_study_on_disk_matches_the_trials(finished_search: Path) -> None:
@@ -148,24 +156,8 @@ def result_lines(experiment: Path) -> dict[str, int]:
 
 
 def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "orchestrator.search",
-        "--config",
-        str(TINY),
-        "--storage-path",
-        str(tmp_path),
-        "--name",
-        "killed",
-        "--wandb",
-        "off",
-        "--max-concurrent",
-        "1",
-        "--stop-patience",
-        "0",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = search_command(tmp_path, "killed", "--wandb", "off", "--max-concurrent", "1", "--stop-patience", "0")
+    env = search_env()
     driver = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -230,7 +222,7 @@ def test_bad_spec_from_the_command_line_has_no_traceback(tmp_path: Path) -> None
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=search_env(),
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
@@ -240,25 +232,9 @@ def test_remote_storage_uri_gets_the_export_next_to_tunes_results(tmp_path: Path
     """A storage URI (file:// here, s3:// on a cluster): our outputs are made locally, then uploaded."""
     store = tmp_path / "store"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.search",
-            "--config",
-            str(TINY),
-            "--storage-path",
-            f"file://{store}",
-            "--name",
-            "remote",
-            "--num-samples",
-            "2",
-            "--epochs",
-            "1",
-            "--wandb",
-            "off",
-        ],
+        search_command(f"file://{store}", "remote", "--num-samples", "2", "--epochs", "1", "--wandb", "off"),
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=search_env(),
         capture_output=True,
         text=True,
         timeout=400,

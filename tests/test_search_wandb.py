@@ -8,18 +8,15 @@ fallback to offline, and what the workers write with a key in their environment.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from search_cli import ROOT, search_command, search_env
 
 from orchestrator.wandb_offline import find_runs, read_run
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "tests" / "specs" / "tiny.yaml"
 FAKE_KEY = "fakekey-" + "0123456789abcdef" * 3  # wandb's key format: 40+ characters after the dash
 
 
@@ -27,31 +24,15 @@ FAKE_KEY = "fakekey-" + "0123456789abcdef" * 3  # wandb's key format: 40+ charac
 def search_with_wandb(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     storage = tmp_path_factory.mktemp("experiments")
     home = tmp_path_factory.mktemp("home")
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "WANDB_API_KEY": FAKE_KEY,
-        "WANDB_BASE_URL": "http://127.0.0.1:9",  # discard port: nothing listens, the probe fails at once
-        "WANDB_DATA_DIR": str(home / "data"),  # artifact staging, normally under ~/.local/share
-        "WANDB_CACHE_DIR": str(home / "cache"),
-    }
+    env = search_env(
+        WANDB_API_KEY=FAKE_KEY,
+        WANDB_BASE_URL="http://127.0.0.1:9",  # discard port: nothing listens, the probe fails at once
+        WANDB_DATA_DIR=str(home / "data"),  # artifact staging, normally under ~/.local/share
+        WANDB_CACHE_DIR=str(home / "cache"),
+    )
     env.pop("WANDB_MODE", None)
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.search",
-            "--config",
-            str(TINY),
-            "--storage-path",
-            str(storage),
-            "--name",
-            "logged",
-            "--num-samples",
-            "2",
-            "--epochs",
-            "2",
-        ],
+        search_command(storage, "logged", "--num-samples", "2", "--epochs", "2"),
         cwd=ROOT,
         env=env,
         capture_output=True,

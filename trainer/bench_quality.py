@@ -30,7 +30,7 @@ from trainer.errors import exits_cleanly_on_user_error
 from trainer.export import generator_from_checkpoint
 from trainer.loop import autocast_dtype, evaluate, load_run_data, pick_device, train
 
-console = Console()
+console = Console(width=max(Console().width, 100))  # no wrapped rows in logs
 # The plain fp32 step of the reference implementation; every other switch keeps TrainConfig's default.
 FP32 = dict(precision="fp32", channels_last=False, fused_adam=False, compile="off")
 FAST: dict[str, object] = {}
