@@ -98,6 +98,7 @@ def run_variant(label: str, spec: SearchSpec, storage: Path, early_stopping: boo
             name=label,
             storage_path=str(storage),
             callbacks=[LiveTrialTable(tuple(spec.space), epochs)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only the metrics matter here
             verbose=0,
         ),
     )
