@@ -37,7 +37,7 @@ from orchestrator.spec import DEFAULT_SPEC, SearchSpec, load_spec
 from orchestrator.trainable import FINISHED, TrialSettings
 from trainer.errors import exits_cleanly_on_user_error
 
-console = Console()
+console = Console(width=max(Console().width, 100))  # no wrapped rows in logs
 
 
 @dataclass
