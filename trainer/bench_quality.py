@@ -56,7 +56,7 @@ def train_and_score(cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, float], 
         pass
     seconds = time.perf_counter() - started
     G = generator_from_checkpoint(load_torch(run_dir / BEST)).to(pick_device(cfg.device))
-    metrics = evaluate(G, load_run_data(cfg, run_dir).splits["val"], None, cfg.val_batch_size, prefix="val")
+    metrics = evaluate(G, load_run_data(cfg, run_dir).splits["val"], cfg.val_batch_size, prefix="val")
     return metrics, seconds
 
 

@@ -81,7 +81,7 @@ def evaluate_checkpoint(checkpoint: Path, split: str = "test", device: str = "au
     data = load_checkpoint_data(model, checkpoint.parent)
     images = data.splits[split]
     batch_size = model.config.val_batch_size
-    metrics = evaluate(model.generator, images, None, batch_size, prefix=split)
+    metrics = evaluate(model.generator, images, batch_size, prefix=split)
     baseline = identity_baseline(images, torch_device, batch_size, prefix=split) if data.has_identity_baseline else None
     samples = first_samples(model.generator, images)
     return Evaluation(split, model.epoch, metrics, baseline, samples, len(images))

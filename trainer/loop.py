@@ -160,12 +160,14 @@ def load_run_data(cfg: TrainConfig, run_dir: Path | None) -> PairedData:
 
 
 @torch.no_grad()
-def translate(G: nn.Module, inputs: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """G's outputs in eval mode (running BN statistics, no dropout), on G's device, as float32."""
+def translate(G: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """G's outputs in eval mode (running BN statistics, no dropout) and fp32, on G's device.
+
+    Never mixed precision: what a model is scored on and exports must not depend on the hardware."""
     was_training = G.training
     G.eval()
     device = next(G.parameters()).device
-    outputs = generator_forward(G, inputs.to(device), device, dtype)
+    outputs = generator_forward(G, inputs.to(device), device, None)
     G.train(was_training)
     return outputs
 
@@ -174,15 +176,14 @@ def translate(G: nn.Module, inputs: torch.Tensor, dtype: torch.dtype | None = No
 def evaluate(
     G: nn.Module,
     images: PairedImages,
-    dtype: torch.dtype | None = None,
     batch_size: int = 32,
     prefix: str = "val",
 ) -> dict[str, float]:
-    """Mean SSIM / PSNR / MAE of G's outputs over a split (G in eval mode: running BN stats, no dropout)."""
+    """Mean SSIM / PSNR / MAE of G's fp32 outputs over a split (eval mode: running BN stats, no dropout)."""
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in METRIC_NAMES}
     for start in range(0, len(images), batch_size):
         a, b = images.batch(torch.arange(start, min(start + batch_size, len(images))))
-        fake = translate(G, a, dtype)
+        fake = translate(G, a)
         for name, values in per_image_metrics(fake, b.to(fake.device)).items():
             parts[name].append(values)
     return {f"{prefix}_{name}": torch.cat(values).mean().item() for name, values in parts.items()}
@@ -388,7 +389,9 @@ def train(
         losses = dict(zip(LOSS_NAMES, (sums / steps_per_epoch).tolist()))
         if D is None:  # the L1-only baseline has no adversarial terms to report
             losses = {"G_L1": losses["G_L1"]}
-        val = evaluate(G, val_set, amp_dtype, cfg.val_batch_size, prefix="val")
+        # In fp32 whatever the training precision: val SSIM picks the best checkpoint, drives early
+        # stopping and reappears in the model card, scored again there.
+        val = evaluate(G, val_set, cfg.val_batch_size, prefix="val")
         lr_G, lr_D = opt_G.param_groups[0]["lr"], (opt_D.param_groups[0]["lr"] if opt_D else cfg.lr_D)
         step_scheduler(sched_G, val["val_ssim"])
         if sched_D is not None:
