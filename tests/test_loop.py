@@ -12,7 +12,16 @@ import torch
 from trainer.checkpoint import BEST, LAST, load_torch
 from trainer.config import TrainConfig
 from trainer.errors import TrainingDiverged
-from trainer.loop import LOSS_NAMES, build_scheduler, identity_baseline, load_run_data, step_scheduler, train
+from trainer.export import generator_from_checkpoint
+from trainer.loop import (
+    LOSS_NAMES,
+    build_scheduler,
+    evaluate,
+    identity_baseline,
+    load_run_data,
+    step_scheduler,
+    train,
+)
 
 MakeConfig = Callable[..., TrainConfig]
 
@@ -66,6 +75,16 @@ def test_checkpoints_hold_everything_to_continue(tiny_config: MakeConfig, tmp_pa
     assert last["history"] == [r.metrics() for r in results]
     assert last["best_val_ssim"] == max(row["val_ssim"] for row in last["history"])
     assert last["split_hash"] == load_run_data(cfg, tmp_path).split_hash
+
+
+def test_val_metrics_are_fp32_even_when_training_in_bf16(tiny_config: MakeConfig, tmp_path: Path) -> None:
+    """The reported val SSIM is what an fp32 evaluation of the saved checkpoint gives, on any hardware."""
+    cfg = tiny_config(precision="bf16", epochs=2)
+    results = list(train(cfg, tmp_path))
+    G = generator_from_checkpoint(load_torch(tmp_path / BEST))
+    best = next(r for r in results if r.epoch == results[-1].best_epoch)
+    rescored = evaluate(G, load_run_data(cfg, tmp_path).splits["val"], cfg.val_batch_size, prefix="val")
+    assert rescored == pytest.approx(best.val, abs=1e-6)
 
 
 def test_l1_only_trains_without_a_discriminator(tiny_config: MakeConfig, tmp_path: Path) -> None:
