@@ -43,7 +43,6 @@ class EpochResult:
     best_epoch: int
     seconds: float
     images_per_s: float
-    run_dir: Path
     generator: nn.Module = dataclasses.field(repr=False)  # the live model, e.g. for sample images
 
     @property
@@ -409,7 +408,6 @@ def train(
             best_epoch=best_epoch,
             seconds=seconds,
             images_per_s=steps_per_epoch * cfg.batch_size / seconds,
-            run_dir=run_dir,
             generator=G,
         )
         history.append(result.metrics())
