@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: search test demo bench lint clean
+.PHONY: search test demo bench gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m trainer.bench $(ARGS)
+
+gpu-check: $(STAMP)
+	$(BIN)/python -m orchestrator.gpu_check
 
 lint: $(STAMP)
 	$(BIN)/ruff check trainer orchestrator tests

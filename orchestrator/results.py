@@ -63,6 +63,7 @@ def summarize_trials(results: Any, epochs: int, extra_history_keys: tuple[str, .
                 "best_val_ssim": _number(metrics.get("best_val_ssim")),
                 "best_epoch": int(metrics["best_epoch"]) if "best_epoch" in metrics else None,
                 "node_id": metrics.get("node_id"),
+                "gpu_ids": metrics.get("gpu_ids"),
             }
         )
     return sorted(trials, key=lambda t: t["trial_id"])

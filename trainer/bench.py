@@ -382,14 +382,19 @@ def _concurrent_worker(
     queue.put((rank, steps * batch / seconds, torch.cuda.max_memory_allocated(device)))  # type: ignore[attr-defined]
 
 
-def bench_concurrent(counts: list[int], size: int, batch: int, args: argparse.Namespace) -> Table:
+@dataclass
+class ConcurrentResult:
+    trainers: int
+    images_per_s: float  # all trainers together
+    peak_memory: int  # bytes, the largest of the trainers'
+
+
+def measure_concurrent(counts: list[int], size: int, batch: int, args: argparse.Namespace) -> list[ConcurrentResult]:
+    """Aggregate images/s of `n` trainers (one process each, the default fast path) sharing one GPU."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
-    table = Table(title=f"Concurrent trainers on one GPU ({size} px, batch {batch}, default fast path)")
-    for column in ("trainers", "aggregate images/s", "per trainer images/s", "x one trainer", "peak memory each"):
-        table.add_column(column, justify="right")
-    single = None
+    measured = []
     for n in counts:
         barrier, queue = ctx.Barrier(n), ctx.Queue()
         workers = [
@@ -406,14 +411,22 @@ def bench_concurrent(counts: list[int], size: int, batch: int, args: argparse.Na
             w.join()
         if any(w.exitcode for w in workers):
             raise RuntimeError(f"a concurrent trainer failed (exit codes {[w.exitcode for w in workers]})")
-        total = sum(r[1] for r in results)
-        single = single or total
+        measured.append(ConcurrentResult(n, sum(r[1] for r in results), max(r[2] for r in results)))
+    return measured
+
+
+def concurrent_table(results: list[ConcurrentResult], size: int, batch: int) -> Table:
+    table = Table(title=f"Concurrent trainers on one GPU ({size} px, batch {batch}, default fast path)")
+    for column in ("trainers", "aggregate images/s", "per trainer images/s", "x one trainer", "peak memory each"):
+        table.add_column(column, justify="right")
+    single = results[0].images_per_s
+    for r in results:
         table.add_row(
-            str(n),
-            f"{total:.1f}",
-            f"{total / n:.1f}",
-            f"{total / single:.2f}",
-            f"{max(r[2] for r in results) / 2**30:.2f} GiB",
+            str(r.trainers),
+            f"{r.images_per_s:.1f}",
+            f"{r.images_per_s / r.trainers:.1f}",
+            f"{r.images_per_s / single:.2f}",
+            f"{r.peak_memory / 2**30:.2f} GiB",
         )
     return table
 
@@ -529,7 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         for size in sizes:
             for batch in batches:
-                console.print(bench_concurrent(parse_ints(args.concurrent, "concurrent"), size, batch, args))
+                results = measure_concurrent(parse_ints(args.concurrent, "concurrent"), size, batch, args)
+                console.print(concurrent_table(results, size, batch))
         return 0
 
     keep = {"ref", *(k.strip() for k in args.rows.split(","))}
