@@ -30,6 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.endings import TrialEndings
 from orchestrator.progress import LiveTrialTable
 from orchestrator.results import summarize_trials
 from orchestrator.runner import QUIET_ENV, SEARCH_METRIC, make_scheduler, make_searcher, make_trainable, start_ray
@@ -86,6 +87,7 @@ def run_variant(label: str, spec: SearchSpec, storage: Path, early_stopping: boo
         stop_patience=spec.search.stop_patience if early_stopping else 0,
         image_every=epochs,
     )
+    endings = TrialEndings(0.0, storage / label)
     tuner = tune.Tuner(
         make_trainable(spec, settings),
         tune_config=tune.TuneConfig(
@@ -97,7 +99,7 @@ def run_variant(label: str, spec: SearchSpec, storage: Path, early_stopping: boo
         run_config=tune.RunConfig(
             name=label,
             storage_path=str(storage),
-            callbacks=[LiveTrialTable(tuple(spec.space), epochs)],
+            callbacks=[endings, LiveTrialTable(tuple(spec.space), epochs, endings)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only the metrics matter here
             verbose=0,
         ),
@@ -105,7 +107,8 @@ def run_variant(label: str, spec: SearchSpec, storage: Path, early_stopping: boo
     console.print(f"[bold]{label}[/]: {spec.search.num_samples} trials of {epochs} epochs")
     started = time.time()
     results = tuner.fit()
-    return Outcome(label, summarize_trials(results, epochs, extra_history_keys=("timestamp",)), time.time() - started)
+    trials = summarize_trials(results, epochs, TrialEndings.read(storage / label), extra_history_keys=("timestamp",))
+    return Outcome(label, trials, time.time() - started)
 
 
 def outcome_table(outcomes: list[Outcome], target: float) -> Table:

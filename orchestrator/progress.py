@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from orchestrator.endings import TrialEndings
 from orchestrator.trainable import end_reason
 
 SHOWN_PARAMS = ("lambda_l1", "dropout", "lr_G", "lr_D")
@@ -29,13 +30,14 @@ class LiveTrialTable(tune.Callback):
     line per event and the table at the end. Pickled with Tune's experiment state, so the console
     objects are created lazily and dropped on pickling."""
 
-    def __init__(self, params: tuple[str, ...], epochs: int) -> None:
+    def __init__(self, params: tuple[str, ...], epochs: int, endings: TrialEndings) -> None:
         self.params = tuple(p for p in SHOWN_PARAMS if p in params) + tuple(p for p in params if p not in SHOWN_PARAMS)
         self.epochs = epochs
         self._console: Console | None = None
         self._live: Live | None = None
-        # Tune calls on_trial_complete / on_trial_error before it sets the trial's final status.
-        self._ended: dict[str, str] = {}
+        # Tune calls on_trial_complete / on_trial_error before it sets the trial's final status, and
+        # neither when the time budget ends the search: the endings record says what happened.
+        self.endings = endings
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_console": None, "_live": None}
@@ -48,11 +50,11 @@ class LiveTrialTable(tune.Callback):
 
     def status(self, trial: Any) -> str:
         """Why a trial ended, once it has."""
-        state = self._ended.get(trial.trial_id, trial.status)
-        if state not in ("TERMINATED", "ERROR"):
-            return state.lower()
+        ending = self.endings.ended.get(trial.trial_id)
+        if ending is None:
+            return trial.status.lower()
         result = trial.last_result or {}
-        return end_reason(result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")), state == "ERROR")
+        return end_reason(result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")), ending)
 
     def table(self, trials: list[Any]) -> Table:
         table = Table(title="pix2pix-tune search", title_justify="left", expand=False)
@@ -82,7 +84,6 @@ class LiveTrialTable(tune.Callback):
             self._live.update(self.table(trials))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended.pop(trial.trial_id, None)  # an errored trial restarted by --resume
         params = ", ".join(f"{p}={format_value(trial.config.get(p))}" for p in self.params)
         self.redraw(trials, f"trial {trial.trial_id} started: {params}")
 
@@ -94,11 +95,9 @@ class LiveTrialTable(tune.Callback):
         self.redraw(trials, line)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended[trial.trial_id] = "TERMINATED"
         self.redraw(trials, f"trial {trial.trial_id} {self.status(trial)}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended[trial.trial_id] = "ERROR"
         self.redraw(trials, f"trial {trial.trial_id} {self.status(trial)}")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

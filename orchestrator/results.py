@@ -13,10 +13,12 @@ import optuna
 import torch
 from rich.table import Table
 
-from orchestrator.spec import SearchSpec
-from orchestrator.trainable import FAILED, FINISHED, end_reason
-from trainer.checkpoint import LAST, load_torch, write_json
+from orchestrator.endings import ERROR
+from orchestrator.spec import SearchSpec, format_duration
+from orchestrator.trainable import FAILED, FINISHED, INTERRUPTED, STOPPED_BUDGET, end_reason
+from trainer.checkpoint import BEST_GENERATOR, load_torch, write_json
 from trainer.config import TrainConfig
+from trainer.errors import UserError
 from trainer.export import export_generator, generator_from_checkpoint
 from trainer.loop import evaluate, identity_baseline, load_run_data, pick_device
 
@@ -30,9 +32,17 @@ def _number(value: Any) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def summarize_trials(results: Any, epochs: int, extra_history_keys: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def summarize_trials(
+    results: Any,
+    epochs: int,
+    endings: dict[str, str] | None = None,
+    budget_seconds: float = 0.0,
+    extra_history_keys: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
     """One record per Tune trial: status, why it ended, params, per-epoch history (HISTORY_KEYS and
-    any extra columns of Tune's results, such as its timestamp)."""
+    any extra columns of Tune's results, such as its timestamp). `endings` is the driver's record of
+    how each trial ended (orchestrator.endings.TrialEndings.read)."""
+    endings = endings or {}
     keys = HISTORY_KEYS + extra_history_keys
     trials = []
     for result in results:
@@ -44,17 +54,20 @@ def summarize_trials(results: Any, epochs: int, extra_history_keys: tuple[str, .
                 if not math.isnan(row.get("epoch", math.nan)):
                     history.append({k: _number(row[k]) for k in keys if k in row})
         epochs_run = int(metrics.get("epoch", 0))
-        failed = result.error is not None
-        status = end_reason(epochs_run, epochs, bool(metrics.get("plateau_stop")), failed)
+        trial_id = metrics.get("trial_id", Path(result.path).name)
+        ending = ERROR if result.error is not None else endings.get(trial_id)
+        status = end_reason(epochs_run, epochs, bool(metrics.get("plateau_stop")), ending)
         reason = {
             FINISHED: f"ran all {epochs} epochs",
             "stopped_asha": f"stopped by ASHA after epoch {epochs_run}",
             "stopped_plateau": f"no val SSIM gain for the last {epochs_run - int(metrics.get('best_epoch', 0))} epochs",
+            STOPPED_BUDGET: f"the time budget ({format_duration(budget_seconds)}) ended it in epoch {epochs_run + 1}",
+            INTERRUPTED: f"the search was interrupted during epoch {epochs_run + 1}",
             FAILED: error_line(result.error),
         }[status]
         trials.append(
             {
-                "trial_id": metrics.get("trial_id", Path(result.path).name),
+                "trial_id": trial_id,
                 "status": status,
                 "reason": reason,
                 "params": dict(metrics.get("config") or {}),
@@ -115,11 +128,11 @@ def write_optuna_study(path: Path, name: str, spec: SearchSpec, trials: list[dic
     storage.remove_session()
 
 
-def best_checkpoint_dir(results: Any, trial_id: str) -> Path:
+def latest_checkpoint(results: Any, trial_id: str) -> Any:
+    """The trial's one kept Tune checkpoint: its best_generator.pt is the trial's best epoch."""
     for result in results:
         if result.metrics.get("trial_id") == trial_id:
-            checkpoint, _ = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_ssim", -math.inf))
-            return Path(checkpoint.to_directory())
+            return result.checkpoint
     raise KeyError(trial_id)
 
 
@@ -141,12 +154,19 @@ def export_best(
     if not scored:
         return None
     best = max(scored, key=lambda t: t["best_val_ssim"])
-    checkpoint_dir = best_checkpoint_dir(results, best["trial_id"])
-    state = load_torch(checkpoint_dir / LAST)
-    cfg = TrainConfig.from_dict(state["config"], source=str(checkpoint_dir / LAST))
+    # as_directory: the folder itself on local storage, a temporary download (removed after) on remote storage
+    with latest_checkpoint(results, best["trial_id"]).as_directory() as folder:
+        checkpoint_dir = Path(folder)
+        state = load_torch(checkpoint_dir / BEST_GENERATOR)
+        cfg = TrainConfig.from_dict(state["config"], source=str(checkpoint_dir / BEST_GENERATOR))
+        data = load_run_data(cfg, checkpoint_dir)  # the split.json saved with the checkpoint: the same split
+    if data.split_hash != state["split_hash"]:
+        raise UserError(
+            f"{cfg.data}: its files changed during the search (split hash {data.split_hash} against the trials' "
+            f"{state['split_hash']}); restore the data, or run the search again on the new files"
+        )
     device = pick_device("auto")
     G = generator_from_checkpoint(state).to(device)
-    data = load_run_data(cfg, checkpoint_dir)  # the split.json saved with the checkpoint: the same split
     test = data.splits["test"]
     test_metrics = evaluate(G, test, prefix="test")
     val_metrics = evaluate(G, data.splits["val"], prefix="val")

@@ -16,10 +16,12 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 
+from orchestrator.endings import TrialEndings
 from orchestrator.progress import LiveTrialTable
 from orchestrator.report import publish_wandb_report, write_report
 from orchestrator.results import export_best, render_summary, summarize_trials, write_optuna_study, write_summary
-from orchestrator.spec import SearchSpec
+from orchestrator.retention import CheckpointRetention
+from orchestrator.spec import SearchSpec, format_duration
 from orchestrator.trainable import TrialSettings, run_trial
 from orchestrator.wandb_callback import WandbTrialLogger
 from orchestrator.wandb_logging import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
@@ -79,7 +81,7 @@ def make_trainable(spec: SearchSpec, settings: TrialSettings) -> Any:
 
 
 def build_tuner(
-    spec: SearchSpec, name: str, storage_path: str, trainable: Any, epochs: int, wandb_logger: tune.Callback
+    spec: SearchSpec, name: str, storage_path: str, trainable: Any, epochs: int, callbacks: list[tune.Callback]
 ) -> tune.Tuner:
     return tune.Tuner(
         trainable,
@@ -88,15 +90,15 @@ def build_tuner(
             scheduler=make_scheduler(spec, epochs),
             num_samples=spec.search.num_samples,
             max_concurrent_trials=spec.search.max_concurrent,
+            time_budget_s=spec.search.time_budget or None,  # Tune's TimeoutStopper; it counts across resumes
         ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=[LiveTrialTable(tuple(spec.space), epochs), wandb_logger],
-            # Keep each trial's best checkpoint (by val SSIM) for the export; Tune also keeps the latest.
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
-            ),
+            callbacks=callbacks,
+            # Only the latest checkpoint: it holds the full state to continue from and the best
+            # epoch's generator (orchestrator.retention trims it once the trial has ended).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
             verbose=0,
         ),
@@ -120,10 +122,18 @@ def run_search(
     settings = TrialSettings(
         fixed=spec.train, stop_patience=spec.search.stop_patience, image_every=spec.search.image_every
     )
-    wandb_logger = WandbTrialLogger(wandb_mode, args.wandb_project, name, str(wandb_dir), spec.train, cfg.epochs)
+    # TrialEndings first: the other callbacks read its record of how each trial ended.
+    endings = TrialEndings(spec.search.time_budget, out_dir)
+    callbacks = [
+        endings,
+        CheckpointRetention(endings, spec.search.keep_generators, spec.search.keep_full_state),
+        LiveTrialTable(tuple(spec.space), cfg.epochs, endings),
+        WandbTrialLogger(wandb_mode, args.wandb_project, name, str(wandb_dir), spec.train, cfg.epochs, endings),
+    ]
+    budget = f", time budget {format_duration(spec.search.time_budget)}" if spec.search.time_budget else ""
     console.print(
         f"[bold]search[/] {name}: {spec.search.num_samples} trials of {cfg.epochs} epochs on {cfg.data} "
-        f"({cfg.size} px), {spec.search.max_concurrent} at a time; space: {', '.join(spec.space)}; "
+        f"({cfg.size} px), {spec.search.max_concurrent} at a time{budget}; space: {', '.join(spec.space)}; "
         f"W&B {wandb_mode}\n  results: {experiment_path}"
     )
 
@@ -135,9 +145,9 @@ def run_search(
             console.print(f"resuming {experiment_path}")
             tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
         else:
-            tuner = build_tuner(spec, name, storage_path, trainable, cfg.epochs, wandb_logger)
+            tuner = build_tuner(spec, name, storage_path, trainable, cfg.epochs, callbacks)
         results = tuner.fit()
-        trials = summarize_trials(results, cfg.epochs)
+        trials = summarize_trials(results, cfg.epochs, TrialEndings.read(out_dir), spec.search.time_budget)
         write_optuna_study(out_dir / STUDY_FILE, name, spec, trials)
         best = export_best(results, trials, spec, out_dir / "best", experiment_path)
     finally:

@@ -51,6 +51,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="stop a trial after this many epochs without a val SSIM gain (0 = never)",
     )
     p.add_argument(
+        "--time-budget",
+        dest="time_budget",
+        help="wall time for the trials, such as 10m or 2h: running trials end then and the best so far is exported",
+    )
+    p.add_argument(
+        "--keep-generators",
+        dest="keep_generators",
+        type=int,
+        help="ended trials that keep their best generator on disk (the best by val SSIM)",
+    )
+    p.add_argument(
+        "--keep-full-state",
+        dest="keep_full_state",
+        action="store_true",
+        default=None,
+        help="keep ended trials' full checkpoints (discriminator and optimizers too; 3-4x the disk)",
+    )
+    p.add_argument(
         "--seed",
         type=int,
         help="seed of the Optuna sampler (trials share the trainer seed of the spec, for a fair comparison)",

@@ -33,6 +33,26 @@ class SpecLoader(yaml.SafeLoader):
 
 
 SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", SCIENTIFIC, list("-+0123456789."))
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+SECONDS_PER_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """Seconds from 600, '600s', '10m' or '2h'; 0 means no budget."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    match = DURATION.match(str(value)) if isinstance(value, str) else None
+    if match is None:
+        raise UserError(f"{where} must be a duration such as 600, 90s, 10m or 2h (got {value!r})")
+    return float(match.group(1)) * SECONDS_PER_UNIT[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 
 
@@ -51,12 +71,17 @@ class SearchSettings:
     max_failures: int = 2  # retries of a crashed trial (from its last checkpoint)
     startup_trials: int = 3  # TPE: random trials before the model-based sampling starts
     seed: int = 0
+    time_budget: float = 0.0  # seconds (the spec also takes 90s, 10m, 2h); 0 = none. Running trials end then
+    keep_generators: int = 3  # ended trials that keep their best generator (by val SSIM); the rest keep metrics
+    keep_full_state: bool = False  # keep ended trials' full checkpoints (D, optimizers): 3-4x the disk
 
     def __post_init__(self) -> None:
-        for name in ("num_samples", "max_concurrent", "grace_period", "reduction_factor", "image_every"):
+        for name in (
+            "num_samples", "max_concurrent", "grace_period", "reduction_factor", "image_every", "keep_generators",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise UserError(f"search.{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("stop_patience", "max_failures", "startup_trials"):
+        for name in ("stop_patience", "max_failures", "startup_trials", "time_budget"):
             if getattr(self, name) < 0:
                 raise UserError(f"search.{name} must be >= 0 (got {getattr(self, name)})")
         if self.reduction_factor < 2:
@@ -169,8 +194,15 @@ def _settings(source: str, values: dict[str, Any]) -> SearchSettings:
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise UserError(f"{source}: unknown key(s) search.{', search.'.join(unknown)}; allowed: {', '.join(fields)}")
+    values = dict(values)
+    if "time_budget" in values:
+        values["time_budget"] = parse_duration(values["time_budget"], f"{source}: search.time_budget")
     for name, value in values.items():
         expected = type(fields[name].default)
+        if expected is bool:
+            if not isinstance(value, bool):
+                raise UserError(f"{source}: search.{name} must be true or false (got {value!r})")
+            continue
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if expected is int:
             ok = ok and float(value).is_integer()

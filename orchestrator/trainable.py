@@ -17,20 +17,25 @@ import ray
 import torch
 from ray import tune
 
-from trainer.checkpoint import LAST, write_atomic_text
+from orchestrator.endings import BUDGET, ERROR
+from orchestrator.endings import INTERRUPTED as INTERRUPTED_ENDING
+from trainer.checkpoint import BEST_GENERATOR, LAST, write_atomic_text
 from trainer.config import TrainConfig
 from trainer.data import SPLIT_FILE, png_bytes
 from trainer.errors import TrainingDiverged
 from trainer.loop import load_run_data, train, translate
 from trainer.visualize import sample_grid
 
-CHECKPOINT_FILES = (LAST, SPLIT_FILE)
+# A Tune checkpoint: the full state to continue from, the best epoch's generator to export, the split.
+CHECKPOINT_FILES = (LAST, BEST_GENERATOR, SPLIT_FILE)
 DIVERGED_MARKER = "DIVERGED"  # a diverged run diverges again: retries fail at once instead of retraining
 PANEL_SAMPLES = 4  # fixed val pairs shown in W&B panels, the same ones every epoch
 PANEL_FILE = "val_samples.png"  # input | output | target rows, saved with the checkpoint
 
 # end reasons, as they appear in the summary, the report and W&B
-FINISHED, STOPPED_ASHA, STOPPED_PLATEAU, FAILED = "finished", "stopped_asha", "stopped_plateau", "failed"
+FINISHED, STOPPED_ASHA, STOPPED_PLATEAU, STOPPED_BUDGET, INTERRUPTED, FAILED = (
+    "finished", "stopped_asha", "stopped_plateau", "stopped_budget", "interrupted", "failed",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,13 +93,15 @@ def train_and_report(cfg: TrainConfig, run_dir: Path, settings: TrialSettings) -
             return
 
 
-def end_reason(epochs_run: int, epochs: int, plateaued: bool, failed: bool) -> str:
-    """Why a trial ended; the driver derives the same from Tune's results."""
-    if failed:
+def end_reason(epochs_run: int, epochs: int, plateaued: bool, ending: str | None) -> str:
+    """Why a trial ended, from its last result and how the driver saw it end (orchestrator.endings)."""
+    if ending == ERROR:
         return FAILED
     if epochs_run >= epochs:
         return FINISHED
-    return STOPPED_PLATEAU if plateaued else STOPPED_ASHA
+    if plateaued:
+        return STOPPED_PLATEAU
+    return {BUDGET: STOPPED_BUDGET, INTERRUPTED_ENDING: INTERRUPTED}.get(ending or "", STOPPED_ASHA)
 
 
 def restore_from_tune_checkpoint(run_dir: Path) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from ray import tune
 
+from orchestrator.endings import ERROR, TrialEndings
 from orchestrator.results import error_line
 from orchestrator.trainable import PANEL_FILE, end_reason
 from orchestrator.wandb_logging import RunLogger, open_trial_logger
@@ -29,9 +30,18 @@ class WandbTrialLogger(tune.Callback):
     """Pickled with Tune's experiment state, so open runs are dropped on pickling and reopened
     (same run id, resumed) when a restored search reports again."""
 
-    def __init__(self, mode: str, project: str, group: str, wandb_dir: str, fixed: dict[str, Any], epochs: int):
+    def __init__(
+        self,
+        mode: str,
+        project: str,
+        group: str,
+        wandb_dir: str,
+        fixed: dict[str, Any],
+        epochs: int,
+        endings: TrialEndings,
+    ):
         self.mode, self.project, self.group, self.wandb_dir = mode, project, group, wandb_dir
-        self.fixed, self.epochs = fixed, epochs
+        self.fixed, self.epochs, self.endings = fixed, epochs, endings
         self._runs: dict[str, RunLogger] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -56,20 +66,26 @@ class WandbTrialLogger(tune.Callback):
             self.run_for(trial).log_image("val_samples", panel, step=step, caption="input | output | target")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.finish(trial, failed=False)
+        self.finish(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.finish(trial, failed=True)
+        self.finish(trial)
 
-    def finish(self, trial: Any, failed: bool) -> None:
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for trial in trials:  # the time budget or Ctrl-C ended these: no on_trial_complete came
+            if trial.trial_id in self._runs:
+                self.finish(trial)
+
+    def finish(self, trial: Any) -> None:
         result = trial.last_result or {}
+        ending = self.endings.ended.get(trial.trial_id)
         summary = {
             "best_val_ssim": result.get("best_val_ssim"),
             "best_epoch": result.get("best_epoch"),
             "epochs": result.get("epoch", 0),
-            "end_reason": end_reason(result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")), failed),
+            "end_reason": end_reason(result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")), ending),
         }
-        if failed:
+        if ending == ERROR:
             summary["error"] = error_line(trial.get_error())
         self.run_for(trial).finish({k: v for k, v in summary.items() if v is not None})
         del self._runs[trial.trial_id]

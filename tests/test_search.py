@@ -19,7 +19,8 @@ from search_cli import ROOT, TINY, search_command, search_env
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from orchestrator import search
-from orchestrator.spec import load_spec
+from orchestrator.spec import load_spec, parse_duration
+from trainer.checkpoint import BEST_GENERATOR, LAST, load_torch
 from trainer.data import load_paired_data
 from trainer.export import CARD, ONNX, SAMPLES, WEIGHTS, load_generator
 
@@ -56,12 +57,24 @@ def test_early_stopping_ends_some_trials_before_the_last_epoch(finished_search: 
     assert all(t["epochs"] < 3 or t["status"] == "stopped_plateau" for t in stopped)
 
 
-def test_trial_folders_hold_tunes_checkpoints_and_nothing_twice(finished_search: Path) -> None:
+def test_ended_trials_keep_only_the_best_generators(finished_search: Path) -> None:
+    summary = json.loads((finished_search / "summary.json").read_text())
+    spec = load_spec(TINY)
     trial_dirs = sorted(finished_search.glob("run_trial_*"))
-    assert len(trial_dirs) == load_spec(TINY).search.num_samples
+    assert len(trial_dirs) == spec.search.num_samples
+    ranked = sorted(summary["trials"], key=lambda t: t["best_val_ssim"], reverse=True)
+    keeps = {t["trial_id"] for t in ranked[: spec.search.keep_generators]}
+    assert len(keeps) < len(trial_dirs)  # the tiny spec has a trial to drop
     for trial_dir in trial_dirs:
-        # Every reported epoch is one Tune checkpoint; at most the best and the latest are kept.
-        assert 1 <= len(list(trial_dir.glob("checkpoint_*/last.pt"))) <= 2, trial_dir.name
+        trial = next(t for t in summary["trials"] if trial_dir.name.startswith(f"run_trial_{t['trial_id']}"))
+        # One Tune checkpoint, its latest, without the full state (D, optimizers) once the trial ended.
+        assert [p.name for p in trial_dir.glob("checkpoint_*")] == [f"checkpoint_{trial['epochs'] - 1:06d}"]
+        assert not list(trial_dir.rglob(LAST))
+        kept = list(trial_dir.glob(f"checkpoint_*/{BEST_GENERATOR}"))
+        assert len(kept) == (trial["trial_id"] in keeps), trial_dir.name
+        for path in kept:
+            state = load_torch(path)
+            assert state["epoch"] == trial["best_epoch"] and "opt_G" not in state and "D" not in state
         # The trainer's own run folder was scratch space: no second copy of the checkpoints.
         assert not [p for p in trial_dir.rglob("*.pt") if not p.parent.name.startswith("checkpoint_")]
 
@@ -188,6 +201,27 @@ def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path
     assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(ids)
 
 
+def test_time_budget_ends_running_trials_and_the_best_so_far_is_exported(ray_session, tmp_path: Path) -> None:
+    # Trials of 500 epochs that neither ASHA nor the plateau rule may stop: only the budget ends them.
+    flags = ["--epochs", "500", "--num-samples", "2", "--grace-period", "500", "--stop-patience", "0"]
+    started = time.time()
+    assert run_search(tmp_path, "--name", "budget", *flags, "--time-budget", "25s") == 0
+    wall = time.time() - started
+    experiment = tmp_path / "budget"
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert [t["status"] for t in summary["trials"]] == ["stopped_budget"] * 2, summary["trials"]
+    assert all("time budget (25 s)" in t["reason"] and t["epochs"] < 500 for t in summary["trials"])
+    card = json.loads((experiment / "best" / CARD).read_text())
+    best = max((t for t in summary["trials"] if t["epochs"]), key=lambda t: t["best_val_ssim"])
+    assert card["trial_id"] == best["trial_id"] and card["epoch"] == best["best_epoch"]
+    assert not list(experiment.rglob(LAST))  # budget-ended trials are trimmed like finished ones
+    assert wall < 25 + 60, f"{wall:.0f} s for a 25 s budget"  # Ray is already up; export and report remain
+
+
+def test_time_budget_reads_durations() -> None:
+    assert [parse_duration(v, "x") for v in (600, "90s", "10m", "1.5h", "0")] == [600, 90, 600, 5400, 0]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -197,6 +231,9 @@ def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path
         ("space:\n  dropout: {type: uniform, low: 0, high: 1}\n", "space.dropout.type must be one of"),
         ("search:\n  num_samples: many\n", "search.num_samples must be an integer"),
         ("search:\n  samples: 3\n", "unknown key(s) search.samples"),
+        ("search:\n  time_budget: ten minutes\n", "search.time_budget must be a duration such as"),
+        ("search:\n  keep_full_state: 1\n", "search.keep_full_state must be true or false"),
+        ("search:\n  keep_generators: 0\n", "search.keep_generators must be >= 1"),
         ("train:\n  size: 48\n", "size must be a power of 2"),
         ("train:\n  epochs: 2.5\n", "epochs must be an integer"),
         ("spaces: {}\n", "unknown section(s) spaces"),

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.checkpoint import BEST, LAST, copy_atomic, load_torch, save_torch
+from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, copy_atomic, generator_only, load_torch, save_torch
 from trainer.config import GeneratorConfig, TrainConfig
 from trainer.data import PairedData, PairedImages, augment, load_paired_data
 from trainer.errors import TrainingDiverged, UserError
@@ -385,7 +385,8 @@ def train(
             if on_step is not None:
                 on_step(epoch + 1, step + 1, steps_per_epoch)
 
-        losses = dict(zip(LOSS_NAMES, (sums / steps_per_epoch).tolist()))
+        losses = dict(zip(LOSS_NAMES, (sums / steps_per_epoch).tolist()))  # reads the device: training is done
+        train_seconds = time.perf_counter() - started
         if D is None:  # the L1-only baseline has no adversarial terms to report
             losses = {"G_L1": losses["G_L1"]}
         # In fp32 whatever the training precision: val SSIM picks the best checkpoint, drives early
@@ -407,7 +408,7 @@ def train(
             best_val_ssim=best_val_ssim,
             best_epoch=best_epoch,
             seconds=seconds,
-            images_per_s=steps_per_epoch * cfg.batch_size / seconds,
+            images_per_s=steps_per_epoch * cfg.batch_size / train_seconds,  # training throughput, not validation
             generator=G,
         )
         history.append(result.metrics())
@@ -433,4 +434,5 @@ def train(
         save_torch(run_dir / LAST, state)
         if result.is_best:
             copy_atomic(run_dir / LAST, run_dir / BEST)
+            save_torch(run_dir / BEST_GENERATOR, generator_only(state))
         yield result

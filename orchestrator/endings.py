@@ -1,0 +1,75 @@
+"""How each trial ended, as the driver saw it, and the search's time budget.
+
+Tune ends a trial in one of two ways. The normal way (the trial returned, ASHA stopped it, or it
+failed) calls the callbacks' `on_trial_complete` / `on_trial_error`. When the whole experiment
+stops, because Tune's time budget (`TuneConfig.time_budget_s`, its TimeoutStopper) ran out or
+because the user pressed Ctrl-C, Tune marks the trials still running as TERMINATED without either
+call. This callback records the first kind as it happens and names the second at the end of the
+experiment: `budget` when the budget is spent, `interrupted` otherwise. Its record is kept in Tune's
+experiment checkpoint (get_state/set_state), so a resumed search keeps the earlier endings, and the
+time spent, which counts across resumes as Tune's TimeoutStopper counts it. At the end it writes the
+record to `trial_endings.json` in the experiment folder, where the driver reads it (a restored Tuner
+runs the callback objects it unpickled, not ones the driver holds).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from trainer.checkpoint import write_json
+
+COMPLETE, ERROR, BUDGET, INTERRUPTED = "complete", "error", "budget", "interrupted"
+class TrialEndings(tune.Callback):
+    """Records why each trial stopped running; `budget_seconds` 0 means the search has no budget."""
+
+    FILE = "trial_endings.json"
+
+    def __init__(self, budget_seconds: float, out_dir: Path) -> None:
+        self.budget_seconds = budget_seconds
+        self.record = str(Path(out_dir) / self.FILE)
+        self.ended: dict[str, str] = {}
+        self.used_before = 0.0  # seconds spent by earlier runs of this search (before a resume)
+        self._started: float | None = None
+
+    def seconds_used(self) -> float:
+        return self.used_before + (time.time() - self._started if self._started is not None else 0.0)
+
+    def budget_spent(self) -> bool:
+        return self.budget_seconds > 0 and self.seconds_used() >= self.budget_seconds
+
+    def setup(self, **info: Any) -> None:
+        self._started = time.time()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.pop(trial.trial_id, None)  # an errored or interrupted trial started again
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended[trial.trial_id] = COMPLETE
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended[trial.trial_id] = ERROR
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        cut_short = BUDGET if self.budget_spent() else INTERRUPTED
+        for trial in trials:
+            if trial.trial_id not in self.ended and trial.status in ("TERMINATED", "RUNNING", "PAUSED"):
+                self.ended[trial.trial_id] = cut_short
+        write_json(Path(self.record), self.get_state())
+
+    @classmethod
+    def read(cls, out_dir: Path) -> dict[str, str]:
+        """trial id -> complete / error / budget / interrupted, as the last run of the search left it."""
+        path = Path(out_dir) / cls.FILE
+        return json.loads(path.read_text())["ended"] if path.is_file() else {}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"ended": dict(self.ended), "used": self.seconds_used()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.ended = dict(state["ended"])
+        self.used_before = state["used"]
