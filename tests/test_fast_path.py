@@ -22,6 +22,8 @@ import copy
 import pytest
 import torch
 
+import trainer.loop
+from trainer import bench
 from trainer.config import TrainConfig
 from trainer.loop import (
     TrainStep,
@@ -31,11 +33,12 @@ from trainer.loop import (
     build_optimizer,
     cpu_has_bf16_units,
     generator_forward,
+    use_channels_last,
     use_compile,
 )
 
 SIZE, WIDTH, BATCH, CHANNELS = 32, 8, 4, 3
-REFERENCE = dict(precision="fp32", channels_last=False, fused_adam=False, compile="off", log_every=1)
+REFERENCE = dict(precision="fp32", channels_last="off", fused_adam=False, compile="off", log_every=1)
 CPU = torch.device("cpu")
 
 
@@ -55,7 +58,7 @@ def make_pair(fast: TrainConfig, seed: int = 0) -> tuple[TrainStep, TrainStep]:
     steps = []
     for cfg in (ref_cfg, fast):
         g, d = copy.deepcopy(G), copy.deepcopy(D)
-        if cfg.channels_last:
+        if cfg.channels_last == "on":
             g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
         dtype = autocast_dtype(cfg.precision, CPU)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -81,7 +84,7 @@ def weight_differences(ref: TrainStep, fast: TrainStep) -> torch.Tensor:
 def run_one_step(ref: TrainStep, fast: TrainStep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """G outputs (train mode, as the step sees them) of both, then one step of each on the same batch."""
     a, b = batch(1, channels_last=False)
-    a_fast, b_fast = batch(1, channels_last=fast.cfg.channels_last)
+    a_fast, b_fast = batch(1, channels_last=fast.cfg.channels_last == "on")
     with torch.no_grad():
         out_ref = generator_forward(ref.G, a, CPU, ref.amp_dtype)
         out_fast = generator_forward(fast.G, a_fast, CPU, fast.amp_dtype)
@@ -93,7 +96,7 @@ def run_one_step(ref: TrainStep, fast: TrainStep) -> tuple[torch.Tensor, torch.T
 @pytest.mark.skipif(not cpu_has_bf16_units(), reason="this CPU has no bf16 units: the fast path is fp32 here")
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bf16_fast_path_matches_fp32_after_one_step(seed: int) -> None:
-    fast_cfg = make_cfg(precision="bf16", channels_last=True, fused_adam=True, log_every=25)
+    fast_cfg = make_cfg(precision="bf16", channels_last="on", fused_adam=True, log_every=25)
     ref, fast = make_pair(fast_cfg, seed)
     assert fast.amp_dtype == torch.bfloat16
     outputs, weights, losses = run_one_step(ref, fast)
@@ -106,7 +109,7 @@ def test_bf16_fast_path_matches_fp32_after_one_step(seed: int) -> None:
 
 
 def test_channels_last_matches_nchw() -> None:
-    ref, fast = make_pair(make_cfg(channels_last=True))
+    ref, fast = make_pair(make_cfg(channels_last="on"))
     outputs, weights, _ = run_one_step(ref, fast)
     lr = ref.cfg.lr_G
     assert outputs.max() < 1e-5
@@ -140,3 +143,21 @@ def test_compile_auto() -> None:
     assert not use_compile(cfg, torch.device("cuda"), total_steps=20)  # a tiny run never repays the compile
     assert use_compile(cfg.replace(compile="on"), CPU, total_steps=1)
     assert not use_compile(cfg.replace(compile="off"), torch.device("cuda"), total_steps=10**6)
+
+
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_channels_last_auto_follows_the_cpu_and_the_bench_marks_the_default_row(monkeypatch, bf16_units: bool) -> None:
+    # An AVX2-only CPU (no bf16 units) is simulated: channels-last measured 0.88x there.
+    monkeypatch.setattr(trainer.loop, "cpu_has_bf16_units", lambda: bf16_units)
+    cfg = TrainConfig()
+    assert use_channels_last(cfg, CPU) is bf16_units
+    assert use_channels_last(cfg, torch.device("cuda"))
+    assert use_channels_last(cfg.replace(channels_last="on"), CPU) and not use_channels_last(
+        cfg.replace(channels_last="off"), torch.device("cuda")
+    )
+    rows = bench.row_configs(TrainConfig(device="cpu"), CPU)
+    side_rows = [name for name, _ in rows if "off by default here" in name]
+    assert side_rows == ([] if bf16_units else ["+channels_last (off by default here)"])
+    # The rows below the side row go on without channels-last, so one of them is the default.
+    assert all((row.channels_last == "on") is bf16_units for name, row in rows[2:] if name not in side_rows)
+    assert bench.default_row_name(rows, CPU) == "+no per-step sync"  # compile: auto stays off on CPU

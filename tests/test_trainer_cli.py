@@ -62,10 +62,10 @@ def test_defaults_come_from_the_config() -> None:
 
 
 def test_flags_set_config_fields() -> None:
-    argv = ["--lambda-l1", "10", "--lr_G", "1e-3", "--no-flip", "--lr_policy", "cosine", "--no-channels-last"]
+    argv = ["--lambda-l1", "10", "--lr_G", "1e-3", "--no-flip", "--lr_policy", "cosine", "--channels-last", "off"]
     cfg, out, _ = train_cli.parse_args([*argv, "--data", "/data/facades", "--out", "x", "--resume"])
     expected = TrainConfig(data="/data/facades", lambda_l1=10.0, lr_G=1e-3, flip=False, lr_policy="cosine")
-    assert cfg == expected.replace(channels_last=False) and out == Path("x")
+    assert cfg == expected.replace(channels_last="off") and out == Path("x")
     assert train_cli.parse_args(["--data", "/data/facades/", "--size", "64"])[1] == Path("runs/facades-64px")
 
 

@@ -32,7 +32,7 @@ from trainer.loop import autocast_dtype, evaluate, load_run_data, pick_device, t
 
 console = Console(width=max(Console().width, 100))  # no wrapped rows in logs
 # The plain fp32 step of the reference implementation; every other switch keeps TrainConfig's default.
-FP32 = dict(precision="fp32", channels_last=False, fused_adam=False, compile="off")
+FP32 = dict(precision="fp32", channels_last="off", fused_adam=False, compile="off")
 FAST: dict[str, object] = {}
 # A glyph run that learns well past the identity baseline in a few minutes on 2 CPU cores.
 DEFAULT_RUN = dict(

@@ -17,6 +17,7 @@ LrPolicy = Literal["linear", "cosine", "plateau"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 CompileMode = Literal["auto", "on", "off"]
+ChannelsLast = Literal["auto", "on", "off"]
 
 MIN_SIZE = 32  # the U-Net needs at least five 2x downsamplings
 MAX_SIZE = 2048
@@ -93,7 +94,9 @@ class TrainConfig:
     precision: Precision = opt(
         "auto", "auto (bf16 where the hardware has bf16 units, fp16 on older GPUs), fp32, bf16, fp16"
     )
-    channels_last: bool = opt(True, "channels-last memory layout (faster convolutions)")
+    channels_last: ChannelsLast = opt(
+        "auto", "channels-last memory layout: on, off, or auto (on for CUDA and CPUs with bf16 units, off elsewhere)"
+    )
     compile: CompileMode = opt(
         "auto", "torch.compile the networks: on, off, or auto (on for CUDA runs of at least 500 steps)"
     )
@@ -128,6 +131,7 @@ class TrainConfig:
             ("precision", Precision),
             ("device", Device),
             ("compile", CompileMode),
+            ("channels_last", ChannelsLast),
         ):
             allowed = get_args(kind)
             _check(
