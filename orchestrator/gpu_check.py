@@ -15,6 +15,7 @@ parts that worked.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -31,6 +32,7 @@ from trainer.errors import UserError, exits_cleanly_on_user_error
 
 SIZE, BATCH = 256, 16
 CONCURRENT = [1, 2, 4]
+PARTS = ("step", "concurrent", "search")
 SEARCH_ARGS = [  # the laptop spec on the GPU: glyphs at 64 px, 4 trials of 3 epochs, two per GPU
     "--num-samples", "4", "--epochs", "3", "--gpus-per-trial", "0.5", "--cpus-per-trial", "2",
     "--max-concurrent", "4", "--wandb", "offline",
@@ -45,7 +47,8 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def step_table(device: torch.device) -> str:
     args = bench.parse_args(["--steps", "5", "--warmup", "2", "--chunk", "10"])
-    result = bench.bench_setting(SIZE, BATCH, device, args, keep=list(bench.ROW_KEYS.values()))
+    with contextlib.redirect_stdout(sys.stderr):  # the bench's progress lines stay out of the markdown
+        result = bench.bench_setting(SIZE, BATCH, device, args, keep=list(bench.ROW_KEYS.values()))
     reference = statistics.median(result.rows[0].times)
     rows = []
     for row in result.rows:
@@ -64,7 +67,7 @@ def step_table(device: torch.device) -> str:
             ]
         )
     header = ["setting", "ms/step", "images/s", "x ref", "TFLOP/s", "memory", "1st step s (compile)"]
-    return f"### Training step, {SIZE} px, batch {BATCH}, ngf = ndf = 64\n\n" + markdown(header, rows)
+    return f"Training step, {SIZE} px, batch {BATCH}, ngf = ndf = 64:\n\n" + markdown(header, rows)
 
 
 def concurrent_table() -> str:
@@ -82,7 +85,7 @@ def concurrent_table() -> str:
         for r in results
     ]
     header = ["trainers on the GPU", "aggregate images/s", "per trainer", "x one trainer", "peak memory each"]
-    title = f"### Trainers sharing the GPU ({SIZE} px, batch {BATCH}, default fast path, 30 timed steps each)"
+    title = f"Trainers sharing the GPU ({SIZE} px, batch {BATCH}, default fast path, 30 timed steps each):"
     return title + "\n\n" + markdown(header, rows)
 
 
@@ -111,12 +114,21 @@ def tiny_search(storage: Path) -> str:
         ["test SSIM (identity)", f"{card['test']['test_ssim']:.4f} ({card['identity_test']['test_ssim']:.4f})"],
         ["export", ", ".join(files)],
     ]
-    return "### Tiny search, two trials per GPU\n\n" + markdown(["", ""], rows)
+    return "Tiny search, two trials per GPU:\n\n" + markdown(["", ""], rows)
 
 
 @exits_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="python -m orchestrator.gpu_check", description=__doc__).parse_args(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.gpu_check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
+    args = parser.parse_args(argv)
+    chosen = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if not chosen or set(chosen) - set(PARTS):
+        raise UserError(f"--parts takes a comma-separated subset of {', '.join(PARTS)} (got {args.parts!r})")
     if not torch.cuda.is_available():
         raise UserError("gpu-check: no CUDA GPU is visible (torch.cuda.is_available() is False); run it on a GPU node")
     device = torch.device("cuda")
@@ -124,12 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## GPU check: {torch.cuda.get_device_name(device)}, torch {torch.__version__}\n", flush=True)
     failed = []
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as storage:
-        parts = (
-            ("step", lambda: step_table(device)),
-            ("concurrent", concurrent_table),
-            ("search", lambda: tiny_search(Path(storage))),
-        )
-        for name, part in parts:
+        parts = {
+            "step": lambda: step_table(device),
+            "concurrent": concurrent_table,
+            "search": lambda: tiny_search(Path(storage)),
+        }
+        for name in chosen:
+            part = parts[name]
             started = time.perf_counter()
             try:
                 print(part(), flush=True)
