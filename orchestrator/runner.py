@@ -105,6 +105,16 @@ def build_tuner(
     )
 
 
+def experiment_exists(experiment_path: str) -> bool:
+    """A local folder, or a folder on remote storage (s3://, gs://, file://) that pyarrow can see."""
+    if "://" not in experiment_path:
+        return Path(experiment_path).exists()
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
 def run_search(
     spec: SearchSpec, name: str, storage_path: str, out_dir: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -112,7 +122,7 @@ def run_search(
     experiment_path = f"{storage_path.rstrip('/')}/{name}"
     if args.resume and not tune.Tuner.can_restore(experiment_path):
         raise UserError(f"{experiment_path}: no search to resume there; check --storage-path and --name")
-    if not args.resume and Path(experiment_path).exists():
+    if not args.resume and experiment_exists(experiment_path):
         raise UserError(f"{experiment_path}: already exists; pass --resume to continue it or choose another --name")
     out_dir.mkdir(parents=True, exist_ok=True)
 

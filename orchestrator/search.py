@@ -7,6 +7,7 @@ running Ray cluster. Every setting of the YAML spec can be overridden by a flag 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -108,7 +109,10 @@ def experiment_name(args: argparse.Namespace, storage_path: str) -> str:
     if args.resume:
         if is_uri(storage_path):
             raise UserError("--resume on a remote --storage-path needs --name (the experiment to continue)")
-        candidates = sorted(Path(storage_path).glob(f"{stem}-*"), key=lambda p: p.stat().st_mtime)
+        # Only names this spec gave (<stem>-<date>-<time>): default-gpu-... is another spec's search.
+        own_name = re.compile(rf"{re.escape(stem)}-\d{{8}}-\d{{6}}")
+        candidates = [p for p in Path(storage_path).glob(f"{stem}-*") if own_name.fullmatch(p.name)]
+        candidates.sort(key=lambda p: p.stat().st_mtime)
         if not candidates:
             raise UserError(f"{storage_path}: no experiment of {stem} to resume; pass --name")
         return candidates[-1].name

@@ -53,6 +53,11 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
+# Trainer parameters a space may not hold, and why.
+UNSEARCHABLE = {
+    "epochs": "epochs cannot be searched: ASHA's rungs and the end reasons use one fixed number; set train.epochs "
+    "(ASHA already gives weak trials fewer epochs)",
+}
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 
 
@@ -220,6 +225,8 @@ def _param(source: str, name: str, value: Any) -> Param:
     where = f"{source}: space.{name}"
     if name not in trainer_parameter_names():
         raise UserError(f"{where}: {name} is not a trainer parameter; allowed: {', '.join(trainer_parameter_names())}")
+    if name in UNSEARCHABLE:
+        raise UserError(f"{where}: {UNSEARCHABLE[name]}")
     if not isinstance(value, dict):
         raise UserError(f"{where} must be a mapping such as {{type: float, low: 0.0, high: 0.6}}")
     kind = value.get("type")

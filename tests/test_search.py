@@ -218,6 +218,13 @@ def test_time_budget_ends_running_trials_and_the_best_so_far_is_exported(ray_ses
     assert wall < 25 + 60, f"{wall:.0f} s for a 25 s budget"  # Ray is already up; export and report remain
 
 
+def test_resume_without_name_picks_the_latest_search_of_this_spec_only(tmp_path: Path) -> None:
+    for name in ("tiny-20261125-101500", "tiny-gpu-20261126-090000", "tiny-notes"):
+        (tmp_path / name).mkdir()
+    args = search.parse_args(["--config", str(TINY), "--resume"])
+    assert search.experiment_name(args, str(tmp_path)) == "tiny-20261125-101500"
+
+
 def test_time_budget_reads_durations() -> None:
     assert [parse_duration(v, "x") for v in (600, "90s", "10m", "1.5h", "0")] == [600, 90, 600, 5400, 0]
 
@@ -234,6 +241,7 @@ def test_time_budget_reads_durations() -> None:
         ("search:\n  time_budget: ten minutes\n", "search.time_budget must be a duration such as"),
         ("search:\n  keep_full_state: 1\n", "search.keep_full_state must be true or false"),
         ("search:\n  keep_generators: 0\n", "search.keep_generators must be >= 1"),
+        ("space:\n  epochs: {type: int, low: 2, high: 8}\n", "space.epochs: epochs cannot be searched"),
         ("train:\n  size: 48\n", "size must be a power of 2"),
         ("train:\n  epochs: 2.5\n", "epochs must be an integer"),
         ("spaces: {}\n", "unknown section(s) spaces"),
@@ -281,3 +289,13 @@ def test_remote_storage_uri_gets_the_export_next_to_tunes_results(tmp_path: Path
     for name in ("best/model_card.json", "best/generator.pt", "summary.json", "report.html", "optuna.db"):
         assert (store / "remote" / name).is_file(), name
     assert (tmp_path / "experiments" / "remote" / "summary.json").is_file()  # the local copy
+    # The same name again without --resume: refused before Ray starts, as for a local folder.
+    again = subprocess.run(
+        search_command(f"file://{store}", "remote", "--wandb", "off"),
+        cwd=tmp_path,
+        env=search_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 2 and "already exists; pass --resume" in again.stderr, again.stderr[-2000:]

@@ -57,7 +57,13 @@ class UNetBlock(nn.Module):
 
 
 class UNetGenerator(nn.Module):
-    """log2(size) downsamplings, so the bottleneck is 1x1 at any supported size."""
+    """log2(size) downsamplings, so the bottleneck is 1x1 at any supported size.
+
+    Dropout (the generator's only noise, as in the paper) sits in the decoder of the innermost block
+    and of the two blocks above it: the first three up-convolutions after the bottleneck, the
+    paper's "dropout in the first 3 layers of the decoder". junyanz's port counts differently
+    (dropout in its `num_downs - 5` 8ngf blocks), which at 256 px puts it in more layers.
+    """
 
     def __init__(self, cfg: GeneratorConfig) -> None:
         super().__init__()
