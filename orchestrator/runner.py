@@ -18,8 +18,9 @@ from rich.console import Console
 
 from orchestrator.progress import LiveTrialTable
 from orchestrator.report import publish_wandb_report, write_report
-from orchestrator.results import export_best, render_summary, summarize_trials, write_optuna_study, write_summary
+from orchestrator.results import export_best, render_summary, summarize_trials, write_summary
 from orchestrator.spec import SearchSpec
+from orchestrator.study import ARTIFACT_DIR, STUDY_FILE, StudyWriter, dashboard_command
 from orchestrator.trainable import TrialSettings, run_trial
 from orchestrator.wandb_callback import WandbTrialLogger
 from orchestrator.wandb_logging import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
@@ -28,7 +29,6 @@ from trainer.errors import UserError
 console = Console()
 METRIC = "val_ssim"  # ASHA compares trials on each epoch's val SSIM
 SEARCH_METRIC = "best_val_ssim"  # Optuna learns from a trial's best epoch, the one that would be exported
-STUDY_FILE = "optuna.db"
 QUIET_ENV = {  # Tune's warnings about the cost of things that cost little next to a training epoch
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "TUNE_WARN_THRESHOLD_S": "5",  # opening a W&B run in a callback takes about a second
@@ -79,7 +79,7 @@ def make_trainable(spec: SearchSpec, settings: TrialSettings) -> Any:
 
 
 def build_tuner(
-    spec: SearchSpec, name: str, storage_path: str, trainable: Any, epochs: int, wandb_logger: tune.Callback
+    spec: SearchSpec, name: str, storage_path: str, trainable: Any, epochs: int, callbacks: list[tune.Callback]
 ) -> tune.Tuner:
     return tune.Tuner(
         trainable,
@@ -92,7 +92,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=[LiveTrialTable(tuple(spec.space), epochs), wandb_logger],
+            callbacks=[LiveTrialTable(tuple(spec.space), epochs), *callbacks],
             # Keep each trial's best checkpoint (by val SSIM) for the export; Tune also keeps the latest.
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
@@ -135,10 +135,10 @@ def run_search(
             console.print(f"resuming {experiment_path}")
             tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
         else:
-            tuner = build_tuner(spec, name, storage_path, trainable, cfg.epochs, wandb_logger)
+            study_writer = StudyWriter(str(out_dir), name, spec.distributions(), cfg.epochs)
+            tuner = build_tuner(spec, name, storage_path, trainable, cfg.epochs, [wandb_logger, study_writer])
         results = tuner.fit()
         trials = summarize_trials(results, cfg.epochs)
-        write_optuna_study(out_dir / STUDY_FILE, name, spec, trials)
         best = export_best(results, trials, spec, out_dir / "best", experiment_path)
     finally:
         if started_ray:
@@ -172,7 +172,7 @@ def run_search(
     return summary
 
 
-UPLOADED = ("best", "summary.json", "report.html", STUDY_FILE)
+UPLOADED = ("best", "summary.json", "report.html", STUDY_FILE, ARTIFACT_DIR)
 
 
 def upload_outputs(out_dir: Path, experiment_uri: str) -> None:
@@ -198,7 +198,7 @@ def print_summary(summary: dict[str, Any], out_dir: Path, report: Path, report_u
     console.print(f"report: {report}")
     if report_url:
         console.print(f"W&B report: {report_url}")
-    console.print(f"Optuna study: optuna-dashboard sqlite:///{out_dir / STUDY_FILE}")
+    console.print(f"Optuna study: {dashboard_command(out_dir)}  (pip install -e '.[dashboard]' installs it)")
     wandb = summary["wandb"]
     if wandb and wandb["mode"] == "offline":
         console.print(f"W&B runs are offline; upload them with: {wandb['sync_command']}")

@@ -66,10 +66,27 @@ def test_trial_folders_hold_tunes_checkpoints_and_nothing_twice(finished_search:
         assert not [p for p in trial_dir.rglob("*.pt") if not p.parent.name.startswith("checkpoint_")]
 
 
-def test_optuna_study_on_disk_matches_the_trials(finished_search: Path) -> None:
+def test_optuna_study_agrees_with_the_export_and_the_trials(finished_search: Path) -> None:
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{finished_search / 'optuna.db'}")
-    ids = [t.user_attrs["trial_id"] for t in study.trials]
-    assert len(ids) == len(set(ids)) == load_spec(TINY).search.num_samples
+    summary = json.loads((finished_search / "summary.json").read_text())
+    trials = {t["trial_id"]: t for t in summary["trials"]}
+    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(trials)
+    card = json.loads((finished_search / "best" / CARD).read_text())
+    assert study.best_trial.user_attrs["trial_id"] == card["trial_id"]
+    assert study.best_trial.value == pytest.approx(card["val"]["val_ssim"], abs=1e-5)
+    store = optuna.artifacts.FileSystemArtifactStore(str(finished_search / "optuna_artifacts"))
+    for trial in study.trials:  # stopped trials too: a value, every epoch, and how they ended
+        record = trials[trial.user_attrs["trial_id"]]
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.value == pytest.approx(record["best_val_ssim"])
+        assert trial.intermediate_values == pytest.approx({int(h["epoch"]): h["val_ssim"] for h in record["history"]})
+        assert trial.user_attrs["end_reason"] == record["status"]
+        assert trial.datetime_start < trial.datetime_complete
+        (panel,) = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
+        with store.open_reader(panel.artifact_id) as reader:
+            assert reader.read(8) == b"\x89PNG\r\n\x1a\n"
+    starts = [t.datetime_start for t in study.trials]
+    assert starts == sorted(starts), "trials are not numbered in launch order"
 
 
 def test_export_is_the_best_epoch_of_the_best_trial(finished_search: Path) -> None:
@@ -175,6 +192,9 @@ def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, as in a crash
     driver.wait()
     finished_before = {t: n for t, n in result_lines(experiment).items() if n == 3}
+    # The study was written as trials ended: the killed driver left the finished trial, none running.
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert study.trials and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
     resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
