@@ -15,6 +15,7 @@ import onnxruntime
 import optuna
 import pytest
 import torch
+import yaml
 from search_cli import ROOT, TINY, search_command, search_env
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -101,6 +102,24 @@ def test_export_is_the_best_epoch_of_the_best_trial(finished_search: Path) -> No
     assert {"torch", "ray", "optuna"} <= set(card["versions"])
     assert (finished_search / "best" / SAMPLES).stat().st_size > 0
     assert (finished_search / "report.html").is_file()
+
+
+def test_readme_model_card_holds_the_numbers_of_model_card_json(finished_search: Path) -> None:
+    best = finished_search / "best"
+    card = json.loads((best / CARD).read_text())
+    _, front, body = (best / "README.md").read_text().split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["library_name"] == "pytorch" and "pix2pix" in meta["tags"]
+    (result,) = meta["model-index"][0]["results"]
+    assert result["dataset"]["name"] == card["data"]["source"]
+    assert {m["type"]: m["value"] for m in result["metrics"]} == {
+        k: card["test"][f"test_{k}"] for k in ("ssim", "psnr", "mae")
+    }
+    for section in ("## Data", "## Test metrics", "## Hyperparameters", "## How to run it", "## Limitations"):
+        assert section in body
+    assert card["data"]["split_hash"] in body and "trainer.predict" in body and "onnxruntime" in body
+    assert f"{card['identity_test']['test_ssim']:.4f}" in body  # the baseline beside the model
+    assert json.loads((best / "config.json").read_text())["train_config"] == card["train_config"]
 
 
 def test_exported_weights_load_safely_and_onnx_matches(finished_search: Path) -> None:
