@@ -133,7 +133,7 @@ def export_best(
         },
         "metrics_note": "SSIM (7x7 uniform window, K1 0.01, K2 0.03, sample covariance), PSNR and MAE on images "
         "scaled to [-1, 1] (data_range 2); means over test images; G in eval mode",
-        "experiment": experiment_path,
+        "experiment": Path(experiment_path).name,  # a name, not a path: the folder may move
         "versions": library_versions(),
     }
     n = min(GRID_SAMPLES, len(test))
@@ -163,7 +163,6 @@ def write_summary(
     cfg = spec.trial_config({})
     summary = {
         "name": name,
-        "experiment_dir": str(out_dir),
         "metric": "val_ssim",
         "mode": "max",
         "data": cfg.data,

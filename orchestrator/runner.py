@@ -144,15 +144,11 @@ def run_search(
         if started_ray:
             ray.shutdown()
 
+    # Paths in the experiment's own files are relative to its folder, which may move.
     wandb_info = (
         None
         if wandb_mode == "off"
-        else {
-            "mode": wandb_mode,
-            "project": args.wandb_project,
-            "dir": str(wandb_dir),
-            "sync_command": sync_command(wandb_dir),
-        }
+        else {"mode": wandb_mode, "project": args.wandb_project, "dir": ".", "sync_command": sync_command(".")}
     )
     summary = write_summary(out_dir, name, spec, trials, best, time.time() - started, wandb_info)
     log_search_run(
@@ -163,6 +159,7 @@ def run_search(
         trials,
         out_dir / "best" if best else None,
         best.get("card") if best else None,
+        config={"space": summary["space"], "search": summary["search"], "train": summary["fixed"], "data": cfg.data},
     )
     report = write_report(out_dir)
     report_url = publish_wandb_report(summary, out_dir) if wandb_mode == "online" else None
@@ -198,7 +195,12 @@ def print_summary(summary: dict[str, Any], out_dir: Path, report: Path, report_u
     console.print(f"report: {report}")
     if report_url:
         console.print(f"W&B report: {report_url}")
-    console.print(f"Optuna study: {dashboard_command(out_dir)}  (pip install -e '.[dashboard]' installs it)")
+    # markup off: "[dashboard]" is text, not a rich style; soft_wrap: commands stay on one copyable line
+    console.print(
+        f"Optuna study: {dashboard_command(out_dir)}  (pip install -e '.[dashboard]' installs it)",
+        markup=False,
+        soft_wrap=True,
+    )
     wandb = summary["wandb"]
     if wandb and wandb["mode"] == "offline":
-        console.print(f"W&B runs are offline; upload them with: {wandb['sync_command']}")
+        console.print(f"W&B runs are offline; upload them with: {sync_command(out_dir)}", soft_wrap=True)
