@@ -17,6 +17,7 @@ from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 
 from orchestrator.progress import LiveTrialTable
+from orchestrator.ray_output import RAY_LOG, result_loggers, route_ray_logs
 from orchestrator.report import publish_wandb_report, write_report
 from orchestrator.results import export_best, render_summary, summarize_trials, write_summary
 from orchestrator.spec import SearchSpec
@@ -92,7 +93,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=[LiveTrialTable(tuple(spec.space), epochs), *callbacks],
+            callbacks=[LiveTrialTable(tuple(spec.space), epochs), *callbacks, *result_loggers()],
             # Keep each trial's best checkpoint (by val SSIM) for the export; Tune also keeps the latest.
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
@@ -124,9 +125,10 @@ def run_search(
     console.print(
         f"[bold]search[/] {name}: {spec.search.num_samples} trials of {cfg.epochs} epochs on {cfg.data} "
         f"({cfg.size} px), {spec.search.max_concurrent} at a time; space: {', '.join(spec.space)}; "
-        f"W&B {wandb_mode}\n  results: {experiment_path}"
+        f"W&B {wandb_mode}\n  results: {experiment_path}\n  Ray's own log: {out_dir / RAY_LOG}"
     )
 
+    restore_ray_logs = route_ray_logs(out_dir)
     started_ray = start_ray(args.address)
     started = time.time()
     try:
@@ -143,6 +145,7 @@ def run_search(
     finally:
         if started_ray:
             ray.shutdown()
+        restore_ray_logs()
 
     # Paths in the experiment's own files are relative to its folder, which may move.
     wandb_info = (

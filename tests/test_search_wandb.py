@@ -147,3 +147,12 @@ def test_report_embeds_its_images_and_names_every_trial(search_with_wandb) -> No
     text = " ".join(parser.text)
     for trial in json.loads((experiment / "summary.json").read_text())["trials"]:
         assert trial["trial_id"] in text
+
+
+def test_the_terminal_holds_our_lines_and_ray_logs_to_the_experiment(search_with_wandb) -> None:
+    experiment, done = search_with_wandb
+    output = done.stdout + done.stderr
+    for foreign in ("Token authentication", "tensorboard", "Started a local Ray instance", "wandb: "):
+        assert foreign.lower() not in output.lower(), foreign
+    assert "Started a local Ray instance" in (experiment / "ray.log").read_text()
+    assert not list(experiment.rglob("events.out.tfevents*")), "Tune still writes TensorBoard files"
