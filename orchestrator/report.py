@@ -364,9 +364,14 @@ def plot_parallel_coordinates(summary: dict[str, Any], names: list[str]) -> byte
 
 
 def param_importances(summary: dict[str, Any], names: list[str]) -> dict[str, float] | str:
-    """Optuna's importances over the trials with a value, or a sentence saying why there are none."""
+    """Optuna's importances over the trials with a value, or a sentence saying why there are none.
+    Failed trials are left out, as optuna.db holds them (FAIL, no value): the same trials as the study."""
     space = summary.get("space") or {}
-    trials = [t for t in scored(summary["trials"]) if all(n in t.get("params", {}) for n in names)]
+    trials = [
+        t
+        for t in scored(summary["trials"])
+        if t.get("status") != "failed" and all(n in t.get("params", {}) for n in names)
+    ]
     if not names or not space:
         return "No searched parameters are recorded, so there is nothing to rank."
     if len(trials) < MIN_TRIALS_FOR_IMPORTANCE:
