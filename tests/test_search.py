@@ -182,6 +182,15 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(ray_sess
     assert all("NaN or infinite" in t["reason"] for t in failed)
     assert any(t["status"] == "finished" for t in summary["trials"]), statuses
     assert code == 0 and summary["best"]["params"]["lambda_l1"] == 100.0
+    study = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path / 'nan' / 'optuna.db'}")
+    states = {t.user_attrs["trial_id"]: (t.state, t.user_attrs["end_reason"]) for t in study.trials}
+    assert states == {
+        t["trial_id"]: (
+            optuna.trial.TrialState.FAIL if t["status"] == "failed" else optuna.trial.TrialState.COMPLETE,
+            t["status"],
+        )
+        for t in summary["trials"]
+    }
 
 
 def result_lines(experiment: Path) -> dict[str, int]:
