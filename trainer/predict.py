@@ -1,8 +1,8 @@
 """`python -m trainer.predict`: translate a folder of images with an exported generator.
 
 Needs only the export folder (trainer.export), or its model.safetensors or generator.pt alone, not the
-run or its data. Each image is brought to the
-model's channels and size, translated, and written back at its own size and bit depth as PNG.
+run or its data. Each image is brought to the model's channels and size, translated, and written back
+at its own size and bit depth as PNG.
 """
 
 from __future__ import annotations
