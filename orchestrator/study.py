@@ -13,9 +13,10 @@ from Tune's trial records each time a trial ends, so optuna-dashboard can follow
 
 Why a rewrite and not live writes: Tune saves this callback's state together with its trial list
 and searcher, so after a resumed driver the study holds exactly the trials Tune knows, never one
-twice. The new study is built in memory and copied into the file with SQLite's backup API, in one
-write transaction: a reader (the dashboard) sees the old study or the new one, never half of one,
-and the study keeps its id because the file is never replaced.
+twice. A background thread builds the new study in memory (so Tune's event loop never waits for
+SQLite) and copies it into the file with SQLite's backup API, in one write transaction: a reader
+(the dashboard) sees the old study or the new one, never half of one, and the study keeps its id
+because the file is never replaced.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import datetime
 import shlex
 import sqlite3
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,7 @@ class StudyWriter(tune.Callback):
         self._ended: dict[str, float] = {}
         self._artifacts: dict[str, dict[str, Any]] = {}  # trial id -> Optuna system attrs naming its artifacts
         self._panels: dict[str, bytes] = {}  # latest panel of trials whose artifact is not written yet
+        self._writer: LatestOnlyWriter | None = None  # started on the first write, in the driver
 
     def get_state(self) -> dict[str, Any]:
         # Panels are left out: they can be megabytes, and a resumed trial reports a new one.
@@ -88,10 +92,11 @@ class StudyWriter(tune.Callback):
         self._ended, self._artifacts = state["ended"], state["artifacts"]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_panels": {}}
+        return {**self.__dict__, "_panels": {}, "_writer": None}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._started.setdefault(trial.trial_id, time.time())
+        self._ended.pop(trial.trial_id, None)  # a resumed search restarts a trial that ended unfinished
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "epoch" in result and "val_ssim" in result:
@@ -111,23 +116,26 @@ class StudyWriter(tune.Callback):
         self.write(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.write(trials)
+        self.write(trials).flush()  # the study is complete when the search returns
 
-    def write(self, trials: list) -> None:
-        """Build the study from the ended trials in memory, then copy it over the study file."""
-        storage = optuna.storages.RDBStorage("sqlite://")  # in memory: no file I/O per trial
+    def write(self, trials: list) -> LatestOnlyWriter:
+        """Snapshot the ended trials (here, on Tune's event loop: cheap) and hand the snapshot to a
+        background thread that writes the study (about 9 ms per trial: 0.9 s for 100 trials), so
+        Tune's decisions never wait for SQLite."""
         artifact_dir = Path(self.experiment_dir) / ARTIFACT_DIR
         artifact_dir.mkdir(parents=True, exist_ok=True)
         store = optuna.artifacts.FileSystemArtifactStore(str(artifact_dir))
-        study = optuna.create_study(study_name=self.study_name, storage=storage, direction="maximize")
-        ended = [t for t in trials if t.trial_id in self._ended and t.status in ("TERMINATED", "ERROR")]
+        # Tune calls on_trial_complete before it marks the trial TERMINATED: its status cannot tell.
+        ended = [t for t in trials if t.trial_id in self._ended]
+        snapshot = []
         for trial in sorted(ended, key=lambda t: self._started.get(t.trial_id, self._ended[t.trial_id])):
             if trial.trial_id not in self._artifacts and trial.trial_id in self._panels:
                 self._artifacts[trial.trial_id] = upload_panel(store, self._panels.pop(trial.trial_id))
-            study.add_trial(self.frozen_trial(trial))
-        copy_database(storage, Path(self.experiment_dir) / STUDY_FILE)
-        storage.remove_session()
-        storage.engine.dispose()
+            snapshot.append(self.frozen_trial(trial))
+        if self._writer is None:
+            self._writer = LatestOnlyWriter(lambda frozen: write_study(self.experiment_dir, self.study_name, frozen))
+        self._writer.submit(snapshot)
+        return self._writer
 
     def frozen_trial(self, trial: Any) -> optuna.trial.FrozenTrial:
         result = trial.last_result or {}
@@ -156,6 +164,54 @@ class StudyWriter(tune.Callback):
             system_attrs=self._artifacts.get(trial.trial_id, {}),
             intermediate_values=dict(sorted(self._epochs.get(trial.trial_id, {}).items())),
         )
+
+
+def write_study(experiment_dir: str, name: str, trials: list[optuna.trial.FrozenTrial]) -> None:
+    """Build the study in memory, then copy it over the study file."""
+    storage = optuna.storages.RDBStorage("sqlite://")  # in memory: no file I/O per trial
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        study.add_trials(trials)  # numbered in list order: launch order
+        copy_database(storage, Path(experiment_dir) / STUDY_FILE)
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+class LatestOnlyWriter:
+    """Runs `write(snapshot)` in a daemon thread. Each snapshot is a whole study, so a newer one
+    replaces one not yet written; `flush` waits until the latest is on disk. A failed write is one
+    warning line: the study is a view of the search, never a reason to stop it."""
+
+    def __init__(self, write: Callable[[Any], None]) -> None:
+        self._write = write
+        self._changed = threading.Condition()
+        self._pending: Any = None
+        self._busy = False
+        threading.Thread(target=self._run, daemon=True, name="optuna-study-writer").start()
+
+    def submit(self, snapshot: Any) -> None:
+        with self._changed:
+            self._pending = snapshot
+            self._changed.notify_all()
+
+    def flush(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._pending is None and not self._busy)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._pending is not None)
+                snapshot, self._pending, self._busy = self._pending, None, True
+            try:
+                self._write(snapshot)
+            except Exception as err:  # disk full, permissions, a locked file: keep the search going
+                print(f"warning: the Optuna study was not updated ({type(err).__name__}: {err})", flush=True)
+            finally:
+                with self._changed:
+                    self._busy = False
+                    self._changed.notify_all()
 
 
 def upload_panel(store: optuna.artifacts.FileSystemArtifactStore, panel: bytes) -> dict[str, Any]:
