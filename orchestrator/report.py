@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from orchestrator.wandb_logging import MODES, api_key_configured, server_reachable, wandb_base_url
+from orchestrator.wandb_logging import MODES, api_key_configured, server_reachable, sync_command, wandb_base_url
 from orchestrator.wandb_offline import WandbLogError, find_runs, read_run
 from trainer.errors import UserError, exits_cleanly_on_user_error
 
@@ -364,9 +364,14 @@ def plot_parallel_coordinates(summary: dict[str, Any], names: list[str]) -> byte
 
 
 def param_importances(summary: dict[str, Any], names: list[str]) -> dict[str, float] | str:
-    """Optuna's importances over the trials with a value, or a sentence saying why there are none."""
+    """Optuna's importances over the trials with a value, or a sentence saying why there are none.
+    Failed trials are left out, as optuna.db holds them (FAIL, no value): the same trials as the study."""
     space = summary.get("space") or {}
-    trials = [t for t in scored(summary["trials"]) if all(n in t.get("params", {}) for n in names)]
+    trials = [
+        t
+        for t in scored(summary["trials"])
+        if t.get("status") != "failed" and all(n in t.get("params", {}) for n in names)
+    ]
     if not names or not space:
         return "No searched parameters are recorded, so there is nothing to rank."
     if len(trials) < MIN_TRIALS_FOR_IMPORTANCE:
@@ -575,7 +580,7 @@ def wandb_section(summary: dict[str, Any], experiment_dir: Path) -> str:
         return section("Weights & Biases", note("W&B logging was off for this search."))
     facts = [("mode", info.get("mode", "—")), ("folder", info.get("dir", "—"))]
     if info.get("mode") == "offline" and info.get("sync_command"):
-        facts.append(("upload with", info["sync_command"]))
+        facts.append(("upload with (from the experiment folder)", info["sync_command"]))
     rows = "".join(f"<tr><th>{esc(k)}</th><td><code>{esc(v)}</code></td></tr>" for k, v in facts)
     return section("Weights & Biases", f"<table>{rows}</table>" + logged_runs_table(wandb_dir(summary, experiment_dir)))
 
@@ -769,8 +774,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_url = publish_wandb_report(summary, args.experiment_dir)
         if report_url:
             print(f"W&B report: {report_url}")
-    elif mode == "offline" and (summary.get("wandb") or {}).get("sync_command"):
-        print(f"W&B runs are offline; upload them with: {summary['wandb']['sync_command']}")
+    elif mode == "offline" and summary.get("wandb"):
+        print(f"W&B runs are offline; upload them with: {sync_command(Path(args.experiment_dir).resolve())}")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""After the trials: what happened to each, the Optuna study on disk, the export of the best generator,
-and the experiment's summary.json (the input of the report)."""
+"""After the trials: what happened to each, the export of the best generator, and the experiment's
+summary.json (the input of the report). The Optuna study is written while the search runs (orchestrator.study)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import optuna
 import torch
 from rich.table import Table
 
@@ -93,41 +92,6 @@ def error_line(error: BaseException | None) -> str:
     return lines[-1] if lines else type(cause).__name__
 
 
-def write_optuna_study(path: Path, name: str, spec: SearchSpec, trials: list[dict[str, Any]]) -> None:
-    """Write the search's trials as an Optuna study in SQLite (for optuna-dashboard and later analysis).
-
-    It is rebuilt from Tune's trial records rather than written live: Tune checkpoints its trial list
-    and the searcher together, so after a killed driver these records have no orphaned or duplicated
-    trials, which a study written live could have.
-    """
-    storage = optuna.storages.RDBStorage(f"sqlite:///{path.resolve()}")
-    if name in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
-        optuna.delete_study(study_name=name, storage=storage)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    distributions = spec.distributions()
-    states = {FINISHED: optuna.trial.TrialState.COMPLETE, FAILED: optuna.trial.TrialState.FAIL}
-    for trial in trials:
-        params = {k: v for k, v in trial["params"].items() if k in distributions}
-        state = states.get(trial["status"], optuna.trial.TrialState.PRUNED)
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions={k: distributions[k] for k in params},
-                value=trial["best_val_ssim"] if state == optuna.trial.TrialState.COMPLETE else None,
-                state=state,
-                intermediate_values={
-                    int(h["epoch"]): h["val_ssim"] for h in trial["history"] if h.get("val_ssim") is not None
-                },
-                user_attrs={
-                    "trial_id": trial["trial_id"],
-                    "end_reason": trial["status"],
-                    "best_val_ssim": trial["best_val_ssim"],
-                },
-            )
-        )
-    storage.remove_session()
-
-
 def latest_checkpoint(results: Any, trial_id: str) -> Any:
     """The trial's one kept Tune checkpoint: its best_generator.pt is the trial's best epoch."""
     for result in results:
@@ -150,7 +114,9 @@ def export_best(
     results: Any, trials: list[dict[str, Any]], spec: SearchSpec, best_dir: Path, experiment_path: str
 ) -> dict[str, Any] | None:
     """Evaluate the best trial's best epoch on the test split and export its generator."""
-    scored = [t for t in trials if t["best_val_ssim"] is not None]
+    # A failed trial is not exported even if it scored before failing: the study holds it as FAIL, and
+    # the exported trial must be the study's best_trial.
+    scored = [t for t in trials if t["best_val_ssim"] is not None and t["status"] != FAILED]
     if not scored:
         return None
     best = max(scored, key=lambda t: t["best_val_ssim"])
@@ -188,7 +154,7 @@ def export_best(
         },
         "metrics_note": "SSIM (7x7 uniform window, K1 0.01, K2 0.03, sample covariance), PSNR and MAE on images "
         "scaled to [-1, 1] (data_range 2); means over test images; G in eval mode",
-        "experiment": experiment_path,
+        "experiment": Path(experiment_path).name,  # a name, not a path: the folder may move
         "versions": library_versions(),
     }
     n = min(GRID_SAMPLES, len(test))
@@ -218,7 +184,6 @@ def write_summary(
     cfg = spec.trial_config({})
     summary = {
         "name": name,
-        "experiment_dir": str(out_dir),
         "metric": "val_ssim",
         "mode": "max",
         "data": cfg.data,

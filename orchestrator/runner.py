@@ -18,10 +18,12 @@ from rich.console import Console
 
 from orchestrator.endings import TrialEndings
 from orchestrator.progress import LiveTrialTable
+from orchestrator.ray_output import RAY_LOG, result_loggers, route_ray_logs
 from orchestrator.report import publish_wandb_report, write_report
-from orchestrator.results import export_best, render_summary, summarize_trials, write_optuna_study, write_summary
+from orchestrator.results import export_best, render_summary, summarize_trials, write_summary
 from orchestrator.retention import CheckpointRetention
 from orchestrator.spec import SearchSpec, format_duration
+from orchestrator.study import ARTIFACT_DIR, STUDY_FILE, StudyWriter, dashboard_command
 from orchestrator.trainable import TrialSettings, run_trial
 from orchestrator.wandb_callback import WandbTrialLogger
 from orchestrator.wandb_logging import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
@@ -30,7 +32,6 @@ from trainer.errors import UserError
 console = Console()
 METRIC = "val_ssim"  # ASHA compares trials on each epoch's val SSIM
 SEARCH_METRIC = "best_val_ssim"  # Optuna learns from a trial's best epoch, the one that would be exported
-STUDY_FILE = "optuna.db"
 QUIET_ENV = {  # Tune's warnings about the cost of things that cost little next to a training epoch
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "TUNE_WARN_THRESHOLD_S": "5",  # opening a W&B run in a callback takes about a second
@@ -95,7 +96,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=callbacks,
+            callbacks=[*callbacks, *result_loggers()],
             # Only the latest checkpoint: it holds the full state to continue from and the best
             # epoch's generator (orchestrator.retention trims it once the trial has ended).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -139,14 +140,16 @@ def run_search(
         CheckpointRetention(endings, spec.search.keep_generators, spec.search.keep_full_state),
         LiveTrialTable(tuple(spec.space), cfg.epochs, endings),
         WandbTrialLogger(wandb_mode, args.wandb_project, name, str(wandb_dir), spec.train, cfg.epochs, endings),
+        StudyWriter(str(out_dir), name, spec.distributions(), cfg.epochs, endings),
     ]
     budget = f", time budget {format_duration(spec.search.time_budget)}" if spec.search.time_budget else ""
     console.print(
         f"[bold]search[/] {name}: {spec.search.num_samples} trials of {cfg.epochs} epochs on {cfg.data} "
         f"({cfg.size} px), {spec.search.max_concurrent} at a time{budget}; space: {', '.join(spec.space)}; "
-        f"W&B {wandb_mode}\n  results: {experiment_path}"
+        f"W&B {wandb_mode}\n  results: {experiment_path}\n  Ray's own log: {out_dir / RAY_LOG}"
     )
 
+    restore_ray_logs = route_ray_logs(out_dir)
     started_ray = start_ray(args.address)
     started = time.time()
     try:
@@ -158,21 +161,17 @@ def run_search(
             tuner = build_tuner(spec, name, storage_path, trainable, cfg.epochs, callbacks)
         results = tuner.fit()
         trials = summarize_trials(results, cfg.epochs, TrialEndings.read(out_dir), spec.search.time_budget)
-        write_optuna_study(out_dir / STUDY_FILE, name, spec, trials)
         best = export_best(results, trials, spec, out_dir / "best", experiment_path)
     finally:
         if started_ray:
             ray.shutdown()
+        restore_ray_logs()
 
+    # Paths in the experiment's own files are relative to its folder, which may move.
     wandb_info = (
         None
         if wandb_mode == "off"
-        else {
-            "mode": wandb_mode,
-            "project": args.wandb_project,
-            "dir": str(wandb_dir),
-            "sync_command": sync_command(wandb_dir),
-        }
+        else {"mode": wandb_mode, "project": args.wandb_project, "dir": ".", "sync_command": sync_command(".")}
     )
     summary = write_summary(out_dir, name, spec, trials, best, time.time() - started, wandb_info)
     log_search_run(
@@ -183,6 +182,7 @@ def run_search(
         trials,
         out_dir / "best" if best else None,
         best.get("card") if best else None,
+        config={"space": summary["space"], "search": summary["search"], "train": summary["fixed"], "data": cfg.data},
     )
     report = write_report(out_dir)
     report_url = publish_wandb_report(summary, out_dir) if wandb_mode == "online" else None
@@ -192,7 +192,7 @@ def run_search(
     return summary
 
 
-UPLOADED = ("best", "summary.json", "report.html", STUDY_FILE)
+UPLOADED = ("best", "summary.json", "report.html", STUDY_FILE, ARTIFACT_DIR)
 
 
 def upload_outputs(out_dir: Path, experiment_uri: str) -> None:
@@ -218,7 +218,12 @@ def print_summary(summary: dict[str, Any], out_dir: Path, report: Path, report_u
     console.print(f"report: {report}")
     if report_url:
         console.print(f"W&B report: {report_url}")
-    console.print(f"Optuna study: optuna-dashboard sqlite:///{out_dir / STUDY_FILE}")
+    # markup off: "[dashboard]" is text, not a rich style; soft_wrap: commands stay on one copyable line
+    console.print(
+        f"Optuna study: {dashboard_command(out_dir)}  (pip install -e '.[dashboard]' installs it)",
+        markup=False,
+        soft_wrap=True,
+    )
     wandb = summary["wandb"]
     if wandb and wandb["mode"] == "offline":
-        console.print(f"W&B runs are offline; upload them with: {wandb['sync_command']}")
+        console.print(f"W&B runs are offline; upload them with: {sync_command(out_dir)}", soft_wrap=True)

@@ -44,6 +44,9 @@ ENV_MODES = {
     "run": "online",
     "shared": "online",
 }
+STEP_METRIC = "epoch"
+TRIAL_SUMMARIES = {"val_ssim": "max", "val_psnr": "max", "val_mae": "min"}
+MODEL_REGISTRY = "wandb-registry-model"  # online only: where the search run links the exported model
 FAILED_END_REASON = "failed"  # the trainable's end_reason for a crashed trial: the run is marked failed in W&B
 
 
@@ -121,8 +124,9 @@ def server_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
 
 
 def sync_command(wandb_dir: Path | str) -> str:
-    """The command that uploads this experiment's offline runs (it skips runs already synced)."""
-    runs_root = Path(wandb_dir).resolve() / "wandb"
+    """The command that uploads this experiment's offline runs (it skips runs already synced). A relative
+    `wandb_dir` stays relative (summary.json's command, run from the experiment folder, which may move)."""
+    runs_root = Path(wandb_dir) / "wandb"
     return f"{shlex.quote(sys.executable)} -m wandb sync {shlex.quote(str(runs_root))}"
 
 
@@ -242,7 +246,17 @@ def open_trial_logger(
             flush=True,
         )
         return NullLogger()
+    define_trial_metrics(run)
     return WandbRunLogger(run)
+
+
+def define_trial_metrics(run: Run) -> None:
+    """Charts against epochs, and run-table summaries that mean what a reader expects: the best val
+    SSIM and MAE of the trial (the exported epoch's), not the last epoch's."""
+    run.define_metric(STEP_METRIC)
+    run.define_metric("*", step_metric=STEP_METRIC)
+    for name, summary in TRIAL_SUMMARIES.items():
+        run.define_metric(name, step_metric=STEP_METRIC, summary=summary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,14 +271,24 @@ def log_search_run(
     trials: list[dict[str, Any]],
     export_dir: Path | None,
     card: dict[str, Any] | None,
+    config: dict[str, Any] | None = None,
 ) -> None:
-    """One run (job_type "search") with a table of all trials and the exported generator as a "model" artifact.
+    """One run (job_type "search") with the search's `config` (space and settings), a table of all trials
+    and the exported generator as a "model" artifact, linked to the model registry when online.
 
     `trials` are summary.json trial entries: trial_id, status, reason, params, epochs, best_val_ssim, best_epoch.
     """
     if mode == "off":
         return
-    run = start_run(mode, project=project, group=group, name=f"{group}-search", job_type="search", wandb_dir=wandb_dir)
+    run = start_run(
+        mode,
+        project=project,
+        group=group,
+        name=f"{group}-search",
+        job_type="search",
+        wandb_dir=wandb_dir,
+        config=config,
+    )
     try:
         run.log({"trials": trials_table(trials)})
         summary: dict[str, Any] = {"num_trials": len(trials)}
@@ -275,12 +299,25 @@ def log_search_run(
         run.summary.update(summary)
         if export_dir is not None and Path(export_dir).is_dir():
             artifact = wandb.Artifact(artifact_name(group), type="model", metadata=card or {})
-            # "immutable": reference the exported files instead of copying them to wandb's staging
-            # folder in the home directory; best/ is final once the search logs it.
-            artifact.add_dir(str(export_dir), policy="immutable")
+            # Copied to wandb's staging folder (the default policy), not referenced in place: an offline
+            # run records absolute paths, and `wandb sync` must still find the files after the
+            # experiment folder has moved.
+            artifact.add_dir(str(export_dir))
             run.log_artifact(artifact)
+            if mode == "online":
+                link_to_registry(run, artifact, project)
     finally:
         finish_run(run)
+
+
+def link_to_registry(run: Run, artifact: wandb.Artifact, collection: str) -> None:
+    """Link the model to the W&B Registry; servers without a registry refuse, and then the logged
+    artifact is all there is (one warning line, the search is not failed for it)."""
+    try:
+        artifact.wait()
+        run.link_artifact(artifact, f"{MODEL_REGISTRY}/{collection}")
+    except Exception as err:  # the server's refusal comes in several wandb error types
+        print(f"warning: W&B could not link the model to {MODEL_REGISTRY}/{collection} ({err})", flush=True)
 
 
 TABLE_LEADING = ("trial_id", "status")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import re
+import shlex
 from pathlib import Path
 
 import click
@@ -426,3 +427,42 @@ def test_checks_catch_broken_configs():
     # The indirections the files do use are not secrets.
     assert secret_findings('export WANDB_API_KEY="$(cat ~/.config/pix2pix-tune/wandb_api_key)"\n') == []
     assert secret_findings("export WANDB_API_KEY=$WANDB_API_KEY\n") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the README's cluster commands
+
+
+def readme_job_submissions() -> list[str]:
+    """Every `ray job submit ...` command in the README's bash blocks, continuation lines joined."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.strip().startswith("ray job submit")]
+
+
+def test_readme_job_submissions_parse_for_ray_and_for_the_search() -> None:
+    """Ray's own `ray job submit` parser takes each documented command, and the entrypoint it would run
+    (Ray shell-quotes each word) is a bash script whose search command our CLI accepts flag by flag."""
+    from ray.dashboard.modules.job.cli import submit
+
+    from orchestrator.search import parse_args
+
+    commands = readme_job_submissions()
+    assert len(commands) >= 3 and any("--resume" in c for c in commands)
+    for command in commands:
+        words = shlex.split(command)[3:]  # after `ray job submit`
+        context = submit.make_context("submit", words)
+        entrypoint = shlex.join(context.params["entrypoint"])  # what Ray sends to its job server
+        bash, dash_c, script = shlex.split(entrypoint)
+        assert (bash, dash_c) == ("bash", "-c")
+        cd, home, and_, python, dash_m, module, *flags = shlex.split(script)
+        assert (cd, home, and_, python, dash_m, module) == (
+            "cd",
+            "~/pix2pix-tune",
+            "&&",
+            "python",
+            "-m",
+            "orchestrator.search",
+        )
+        args = parse_args(flags)  # argparse exits on any unknown flag or bad value
+        assert args.address == "auto" and args.name == "facades-256"

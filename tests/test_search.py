@@ -15,6 +15,7 @@ import onnxruntime
 import optuna
 import pytest
 import torch
+import yaml
 from search_cli import ROOT, TINY, search_command, search_env
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -79,10 +80,27 @@ def test_ended_trials_keep_only_the_best_generators(finished_search: Path) -> No
         assert not [p for p in trial_dir.rglob("*.pt") if not p.parent.name.startswith("checkpoint_")]
 
 
-def test_optuna_study_on_disk_matches_the_trials(finished_search: Path) -> None:
+def test_optuna_study_agrees_with_the_export_and_the_trials(finished_search: Path) -> None:
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{finished_search / 'optuna.db'}")
-    ids = [t.user_attrs["trial_id"] for t in study.trials]
-    assert len(ids) == len(set(ids)) == load_spec(TINY).search.num_samples
+    summary = json.loads((finished_search / "summary.json").read_text())
+    trials = {t["trial_id"]: t for t in summary["trials"]}
+    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(trials)
+    card = json.loads((finished_search / "best" / CARD).read_text())
+    assert study.best_trial.user_attrs["trial_id"] == card["trial_id"]
+    assert study.best_trial.value == pytest.approx(card["val"]["val_ssim"], abs=1e-5)
+    store = optuna.artifacts.FileSystemArtifactStore(str(finished_search / "optuna_artifacts"))
+    for trial in study.trials:  # stopped trials too: a value, every epoch, and how they ended
+        record = trials[trial.user_attrs["trial_id"]]
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.value == pytest.approx(record["best_val_ssim"])
+        assert trial.intermediate_values == pytest.approx({int(h["epoch"]): h["val_ssim"] for h in record["history"]})
+        assert trial.user_attrs["end_reason"] == record["status"]
+        assert trial.datetime_start < trial.datetime_complete
+        (panel,) = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
+        with store.open_reader(panel.artifact_id) as reader:
+            assert reader.read(8) == b"\x89PNG\r\n\x1a\n"
+    starts = [t.datetime_start for t in study.trials]
+    assert starts == sorted(starts), "trials are not numbered in launch order"
 
 
 def test_export_is_the_best_epoch_of_the_best_trial(finished_search: Path) -> None:
@@ -97,6 +115,24 @@ def test_export_is_the_best_epoch_of_the_best_trial(finished_search: Path) -> No
     assert {"torch", "ray", "optuna"} <= set(card["versions"])
     assert (finished_search / "best" / SAMPLES).stat().st_size > 0
     assert (finished_search / "report.html").is_file()
+
+
+def test_readme_model_card_holds_the_numbers_of_model_card_json(finished_search: Path) -> None:
+    best = finished_search / "best"
+    card = json.loads((best / CARD).read_text())
+    _, front, body = (best / "README.md").read_text().split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["library_name"] == "pytorch" and "pix2pix" in meta["tags"]
+    (result,) = meta["model-index"][0]["results"]
+    assert result["dataset"]["name"] == card["data"]["source"]
+    assert {m["type"]: m["value"] for m in result["metrics"]} == {
+        k: card["test"][f"test_{k}"] for k in ("ssim", "psnr", "mae")
+    }
+    for section in ("## Data", "## Test metrics", "## Hyperparameters", "## How to run it", "## Limitations"):
+        assert section in body
+    assert card["data"]["split_hash"] in body and "trainer.predict" in body and "onnxruntime" in body
+    assert f"{card['identity_test']['test_ssim']:.4f}" in body  # the baseline beside the model
+    assert json.loads((best / "config.json").read_text())["train_config"] == card["train_config"]
 
 
 def test_exported_weights_load_safely_and_onnx_matches(finished_search: Path) -> None:
@@ -159,6 +195,15 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(ray_sess
     assert all("NaN or infinite" in t["reason"] for t in failed)
     assert any(t["status"] == "finished" for t in summary["trials"]), statuses
     assert code == 0 and summary["best"]["params"]["lambda_l1"] == 100.0
+    study = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path / 'nan' / 'optuna.db'}")
+    states = {t.user_attrs["trial_id"]: (t.state, t.user_attrs["end_reason"]) for t in study.trials}
+    assert states == {
+        t["trial_id"]: (
+            optuna.trial.TrialState.FAIL if t["status"] == "failed" else optuna.trial.TrialState.COMPLETE,
+            t["status"],
+        )
+        for t in summary["trials"]
+    }
 
 
 def result_lines(experiment: Path) -> dict[str, int]:
@@ -188,6 +233,9 @@ def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, as in a crash
     driver.wait()
     finished_before = {t: n for t, n in result_lines(experiment).items() if n == 3}
+    # The study was written as trials ended: the killed driver left the finished trial, none running.
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert study.trials and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
     resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

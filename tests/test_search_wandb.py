@@ -7,7 +7,10 @@ fallback to offline, and what the workers write with a key in their environment.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 from search_cli import ROOT, search_command, search_env
 
-from orchestrator.wandb_offline import find_runs, read_run
+from orchestrator.wandb_offline import find_runs, read_records, read_run
 
 FAKE_KEY = "fakekey-" + "0123456789abcdef" * 3  # wandb's key format: 40+ characters after the dash
 
@@ -64,6 +67,13 @@ def test_one_offline_run_per_trial_and_one_for_the_search_in_one_group(search_wi
             assert run.config[name] == pytest.approx(value)
         assert run.config["size"] == 32 and run.config["data"] == "builtin:glyphs"
         assert run.summary["best_val_ssim"] == pytest.approx(trial["best_val_ssim"])
+        # the run table's val_ssim is the trial's best epoch (a defined metric), not its last
+        assert run.summary["val_ssim"] == {"max": pytest.approx(trial["best_val_ssim"])}
+        assert run.summary["val_mae"] == {"min": pytest.approx(min(h["val_mae"] for h in trial["history"]))}
+        metrics = {
+            r.metric.name: r.metric for r in read_records(next(run.run_dir.glob("*.wandb"))) if r.HasField("metric")
+        }
+        assert metrics["val_ssim"].step_metric == metrics["val_mae"].step_metric == "epoch"
         assert run.summary["end_reason"] == trial["status"]
         assert [row["val_ssim"] for row in run.history] == pytest.approx([h["val_ssim"] for h in trial["history"]])
         assert all(row["G_L1"] > 0 for row in run.history)
@@ -76,6 +86,35 @@ def test_search_run_holds_the_trials_table_and_the_model_artifact(search_with_wa
     assert search_run.table_files
     assert any(a.type == "model" for a in search_run.artifacts), search_run.artifacts
     assert search_run.summary["num_trials"] == 2
+    assert set(search_run.config["space"]) == {"lambda_l1", "dropout", "lr_G", "lr_D"}
+    assert search_run.config["search"]["num_samples"] == 2 and search_run.config["train"]["epochs"] == 2
+
+
+def test_a_moved_experiment_still_resolves_every_run_artifact_and_path(search_with_wandb, tmp_path: Path) -> None:
+    """`wandb sync` after moving the folder: every file a run or an artifact names must still be there."""
+    experiment, _ = search_with_wandb
+    copy = tmp_path / "elsewhere" / experiment.name
+    shutil.copytree(experiment, copy, symlinks=True)
+    away = experiment.rename(experiment.with_name(experiment.name + "-gone"))
+    try:
+        runs = find_runs(copy)
+        assert len(runs) == 3
+        for run_dir in runs:
+            run = read_run(run_dir)
+            media = [
+                v for row in [*run.history, run.summary] for v in row.values() if isinstance(v, dict) and "path" in v
+            ]
+            assert media and all((run_dir / "files" / m["path"]).is_file() for m in media)
+            for record in read_records(next(run_dir.glob("*.wandb"))):
+                for entry in record.artifact.manifest.contents if record.HasField("artifact") else []:
+                    assert not entry.ref and entry.local_path, entry
+                    digest = base64.b64encode(hashlib.md5(Path(entry.local_path).read_bytes()).digest()).decode()
+                    assert digest == entry.digest, entry.path
+        for name in ("summary.json", "report.html", "best/model_card.json", "best/config.json", "best/README.md"):
+            text = (copy / name).read_text()
+            assert str(experiment) not in text and str(experiment.parent) not in text, name
+    finally:
+        away.rename(experiment)
 
 
 def test_the_api_key_appears_nowhere_under_the_experiment(search_with_wandb) -> None:
@@ -108,3 +147,12 @@ def test_report_embeds_its_images_and_names_every_trial(search_with_wandb) -> No
     text = " ".join(parser.text)
     for trial in json.loads((experiment / "summary.json").read_text())["trials"]:
         assert trial["trial_id"] in text
+
+
+def test_the_terminal_holds_our_lines_and_ray_logs_to_the_experiment(search_with_wandb) -> None:
+    experiment, done = search_with_wandb
+    output = done.stdout + done.stderr
+    for foreign in ("Token authentication", "tensorboard", "Started a local Ray instance", "wandb: "):
+        assert foreign.lower() not in output.lower(), foreign
+    assert "Started a local Ray instance" in (experiment / "ray.log").read_text()
+    assert not list(experiment.rglob("events.out.tfevents*")), "Tune still writes TensorBoard files"

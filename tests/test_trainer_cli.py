@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -24,7 +26,7 @@ from trainer import train as train_cli
 from trainer.checkpoint import BEST, LAST, load_torch
 from trainer.config import GeneratorConfig, TrainConfig
 from trainer.data import png_bytes
-from trainer.export import export_generator
+from trainer.export import export_generator, load_generator
 from trainer.models import UNetGenerator, init_weights
 
 MakeFolder = Callable[..., PairedFolder]
@@ -229,6 +231,80 @@ def test_export_is_readable_like_any_new_file(export_dir: Path) -> None:
     assert stat.S_IMODE(export_dir.stat().st_mode) == 0o777 & ~umask
     for path in export_dir.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+
+
+# onnxruntime alone: no torch in the process, only the files the card lists, and the README's own code.
+ONNX_ALONE = """
+import subprocess, sys
+import numpy as np
+import onnxruntime
+session = onnxruntime.InferenceSession("generator.onnx", providers=["CPUExecutionProvider"])
+assert [i.name for i in session.get_inputs()] == ["input"] and [o.name for o in session.get_outputs()] == ["output"]
+assert isinstance(session.get_inputs()[0].shape[0], str), session.get_inputs()[0].shape  # a dynamic batch axis
+meta = session.get_modelmeta().custom_metadata_map
+x = np.load("x.npy")
+np.save("y.npy", np.concatenate([session.run(["output"], {"input": x[:1]})[0], session.run(None, {"input": x[1:]})[0]]))
+exec(open("readme_snippet.py").read())
+assert "torch" not in sys.modules
+print(meta["value_range"], meta["in_channels"], meta["size"])
+"""
+
+
+def test_onnx_runs_in_onnxruntime_alone_from_the_listed_files(export_dir: Path, tmp_path: Path) -> None:
+    card = json.loads((export_dir / "model_card.json").read_text())
+    assert sorted(card["files"]) == sorted(p.name for p in export_dir.iterdir())
+    for name in card["files"]:  # a copy of the listed files is the whole model
+        shutil.copy(export_dir / name, tmp_path / name)
+    rng = np.random.default_rng(0)
+    x = (rng.random((4, 1, 32, 32), dtype=np.float32) * 2 - 1).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    gray = rng.integers(0, 256, (32, 32), dtype=np.uint8)  # at the model's size: the snippet's resize keeps it
+    iio.imwrite(tmp_path / "input.png", gray)
+    readme = (tmp_path / "README.md").read_text()
+    (snippet,) = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (tmp_path / "readme_snippet.py").write_text(snippet)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", ONNX_ALONE], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[-1.0,", "1.0]", "1", "32"]
+    G, _ = load_generator(export_dir)
+    with torch.no_grad():
+        expected = G(torch.from_numpy(x)).numpy()
+        from_image = G(torch.from_numpy(gray.astype(np.float32) / 255 * 2 - 1)[None, None])[0]
+    assert np.abs(np.load(tmp_path / "y.npy") - expected).max() < 1e-4
+    expected_png = ((from_image + 1) / 2 * 255).round().permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(iio.imread(tmp_path / "output.png"), expected_png, atol=1)
+
+
+def test_onnx_is_pinned_and_says_what_to_feed(export_dir: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(export_dir / "generator.onnx"), load_external_data=False)
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [18]
+    assert not any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta.pop("layout") == "NCHW" and meta.pop("architecture")
+    meta = {k: json.loads(v) for k, v in meta.items()}
+    assert meta["value_range"] == [-1.0, 1.0] and meta["in_channels"] == 1 and meta["out_channels"] == 3
+    assert meta["size"] == 32 and "max_value" in meta["intensity_mapping"]["forward"]
+
+
+def test_safetensors_alone_rebuilds_the_generator(export_dir: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(export_dir / "model.safetensors"), framework="pt") as weights:
+        meta = weights.metadata()
+    config = json.loads((export_dir / "config.json").read_text())
+    assert json.loads(meta["generator_config"]) == config["generator_config"]
+    assert json.loads(meta["value_range"]) == config["value_range"] == [-1.0, 1.0]
+    shutil.copy(export_dir / "model.safetensors", tmp_path / "model.safetensors")
+    G, card = load_generator(tmp_path / "model.safetensors")
+    reference = load_torch(export_dir / "generator.pt")["state_dict"]
+    assert card == {} and all(torch.equal(G.state_dict()[k], v) for k, v in reference.items())
+    (tmp_path / "pt").mkdir()  # a folder with only the torch weights loads too
+    shutil.copy(export_dir / "generator.pt", tmp_path / "pt" / "generator.pt")
+    G, _ = load_generator(tmp_path / "pt")
+    assert all(torch.equal(G.state_dict()[k], v) for k, v in reference.items())
 
 
 def png_header(path: Path) -> tuple[int, int, int, int]:

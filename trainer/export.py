@@ -1,9 +1,18 @@
-"""A trained generator as a self-contained folder: what `trainer.predict` and other tools load.
+"""A trained generator as a self-contained folder: what `trainer.predict`, onnxruntime, a model hub
+and a person load.
 
+    model.safetensors         generator weights; its metadata holds the generator config and value range
+    config.json               what rebuilds the network and maps intensities (generator config, the full
+                              training config, value range, intensity mapping)
+    README.md                 the model card for people and hubs (trainer.model_card), from the same
+                              numbers as model_card.json
     generator.pt              {"generator_config": ..., "state_dict": ...}, loads with weights_only=True
     generator.torchscript.pt  traced TorchScript module
-    generator.onnx            ONNX with a dynamic batch dimension (checked against PyTorch on export)
-    model_card.json           architecture, hyperparameters, metrics, data and provenance
+    generator.onnx            ONNX, opset ONNX_OPSET, input "input" and output "output" (N, C, size, size)
+                              in [-1, 1] with a dynamic batch axis, weights inside the file (external data
+                              only above 2 GB, then listed), metadata properties saying how to feed it
+    model_card.json           architecture, hyperparameters, metrics, data and provenance; "files" lists
+                              every file of the folder, so a copy of the listed files is complete
     samples.png               test samples: input | output | target
 
 The folder is written under a temporary name and renamed into place, so a reader never sees half
@@ -23,19 +32,45 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from trainer.checkpoint import json_safe, load_torch, temp_dir_beside, write_json
+from trainer.checkpoint import (
+    json_safe,
+    load_torch,
+    temp_dir_beside,
+    use_default_permissions,
+    write_atomic_text,
+    write_json,
+)
 from trainer.config import GeneratorConfig
 from trainer.errors import UserError
+from trainer.model_card import render_model_card
 from trainer.models import UNetGenerator
 from trainer.visualize import save_grid
 
+SAFETENSORS = "model.safetensors"
+CONFIG = "config.json"
+README = "README.md"
 WEIGHTS = "generator.pt"
 TORCHSCRIPT = "generator.torchscript.pt"
 ONNX = "generator.onnx"
+ONNX_DATA = ONNX + ".data"  # weights beside the graph, only for models over ONNX's 2 GB protobuf limit
 CARD = "model_card.json"
 SAMPLES = "samples.png"
 ONNX_TOLERANCE = 1e-4
+ONNX_OPSET = 18  # pinned: the exporter's default moves between torch releases; 18 runs on onnxruntime >= 1.14
+ONNX_INPUT, ONNX_OUTPUT = "input", "output"
+PROTOBUF_LIMIT = 2 * 1024**3
+ARCHITECTURE = "pix2pix U-Net generator"
+VALUE_RANGE = (-1.0, 1.0)
+# How pixels become the network's values and back (trainer.data reads, trainer.predict writes). A
+# card may carry its own "intensity_mapping" (a training setting), which then replaces this one.
+DEFAULT_INTENSITY_MAPPING = {
+    "name": "dtype",
+    "forward": "x / max_value * 2 - 1, max_value = 255 for 8-bit and 65535 for 16-bit images, per file",
+    "inverse": "(y + 1) / 2 * max_value, rounded and clipped",
+}
 
 
 def export_generator(
@@ -50,31 +85,60 @@ def export_generator(
     gcfg = G.cfg
     tmp = temp_dir_beside(folder)
     try:
+        config = model_config(gcfg, card)
         state = {k: v.contiguous() for k, v in G.state_dict().items()}
         torch.save({"generator_config": dataclasses.asdict(gcfg), "state_dict": state}, tmp / WEIGHTS)
+        save_file(state, str(tmp / SAFETENSORS), metadata=safetensors_metadata(config))
+        use_default_permissions(tmp / SAFETENSORS)  # safetensors writes a private (0600) temp file and renames it
         example = torch.zeros(2, gcfg.in_channels, gcfg.size, gcfg.size)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, yet still widely deployed
             torch.jit.trace(G, example).save(str(tmp / TORCHSCRIPT))
-        onnx_diff = export_onnx(G, tmp / ONNX, example)
-        card = {
-            **card,
-            "generator_config": dataclasses.asdict(gcfg),
-            "onnx_max_abs_diff": onnx_diff,
-            "files": [WEIGHTS, TORCHSCRIPT, ONNX, SAMPLES if samples is not None else None],
-        }
-        card["files"] = [f for f in card["files"] if f]
+        onnx_diff = export_onnx(G, tmp / ONNX, example, onnx_metadata(config))
         if samples is not None:
             inputs, targets = samples
             with torch.no_grad():
                 outputs = G(inputs.float())
             save_grid(tmp / SAMPLES, inputs, outputs, targets)
-        card = json_safe(card)
+        card = {**card, "generator_config": dataclasses.asdict(gcfg), "onnx_max_abs_diff": onnx_diff}
+        card = json_safe({**card, "files": sorted([p.name for p in tmp.iterdir()] + [CONFIG, README, CARD])})
+        write_json(tmp / CONFIG, config)
+        write_atomic_text(tmp / README, render_model_card(card, config))
         write_json(tmp / CARD, card)
         replace_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return card
+
+
+def model_config(gcfg: GeneratorConfig, card: dict[str, Any]) -> dict[str, Any]:
+    """config.json: everything that rebuilds the network and maps pixels to its values and back. The
+    training config is copied whole, so settings added to TrainConfig reach the export unchanged."""
+    return json_safe(
+        {
+            "architecture": ARCHITECTURE,
+            "generator_config": dataclasses.asdict(gcfg),
+            "in_channels": gcfg.in_channels,
+            "out_channels": gcfg.out_channels,
+            "size": gcfg.size,
+            "layout": "NCHW",
+            "value_range": list(VALUE_RANGE),
+            "intensity_mapping": card.get("intensity_mapping", DEFAULT_INTENSITY_MAPPING),
+            "train_config": card.get("train_config", {}),
+            "onnx": {"file": ONNX, "opset": ONNX_OPSET, "input": ONNX_INPUT, "output": ONNX_OUTPUT},
+        }
+    )
+
+
+def safetensors_metadata(config: dict[str, Any]) -> dict[str, str]:
+    """safetensors metadata is str -> str: the config's fields as JSON, so the file alone rebuilds G."""
+    return {"format": "pt", **{k: json.dumps(v) for k, v in config.items() if k != "onnx"}}
+
+
+def onnx_metadata(config: dict[str, Any]) -> dict[str, str]:
+    """ONNX metadata properties: what a caller must feed (range, channels, size) and how pixels map."""
+    keys = ("architecture", "value_range", "in_channels", "out_channels", "size", "layout", "intensity_mapping")
+    return {k: config[k] if isinstance(config[k], str) else json.dumps(config[k]) for k in keys}
 
 
 def replace_folder(src: Path, dst: Path) -> None:
@@ -89,17 +153,38 @@ def replace_folder(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export_onnx(G: UNetGenerator, path: Path, example: torch.Tensor) -> float:
-    """Export with a dynamic batch dimension, run it under onnxruntime, return the max |ONNX - PyTorch|."""
+def export_onnx(G: UNetGenerator, path: Path, example: torch.Tensor, metadata: dict[str, str]) -> float:
+    """Export with a dynamic batch dimension, run it under onnxruntime, return the max |ONNX - PyTorch|.
+
+    The weights stay inside the file unless they pass protobuf's 2 GB limit (then `ONNX_DATA` holds them)."""
+    import onnx
     import onnxruntime
 
+    external = sum(t.numel() * t.element_size() for t in G.state_dict().values()) >= PROTOBUF_LIMIT
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each of its passes
-        torch.onnx.export(G, (example,), str(path), dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        torch.onnx.export(
+            G,
+            (example,),
+            str(path),
+            input_names=[ONNX_INPUT],
+            output_names=[ONNX_OUTPUT],
+            opset_version=ONNX_OPSET,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=external,
+            verbose=False,
+        )
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, metadata)
+    model.doc_string = f"{ARCHITECTURE}: {ONNX_INPUT} and {ONNX_OUTPUT} are (N, C, size, size) in [-1, 1]"
+    if external:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=ONNX_DATA)
+    else:
+        onnx.save(model, str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     probe = torch.rand(3, *example.shape[1:]) * 2 - 1
     with torch.no_grad():
         expected = G(probe).numpy()
-    got = session.run(None, {session.get_inputs()[0].name: probe.numpy()})[0]
+    got = session.run([ONNX_OUTPUT], {ONNX_INPUT: probe.numpy()})[0]
     diff = float(np.abs(got - expected).max())
     if diff > ONNX_TOLERANCE:
         raise RuntimeError(f"{path}: ONNX output differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE})")
@@ -113,14 +198,30 @@ def generator_from_checkpoint(state: dict[str, Any]) -> UNetGenerator:
     return G.eval()
 
 
-def load_generator(folder: Path) -> tuple[UNetGenerator, dict[str, Any]]:
-    """The exported generator (eval mode, CPU) and its model card."""
-    folder = Path(folder)
+def load_generator(path: Path) -> tuple[UNetGenerator, dict[str, Any]]:
+    """The exported generator (eval mode, CPU) and its model card ({} when there is none).
+
+    `path` is an export folder (model.safetensors preferred, else generator.pt) or one of the two
+    weight files itself: either carries the generator config, so a file copied alone still loads."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
     card_path = folder / CARD
-    if not card_path.is_file():
-        raise UserError(f"{folder}: not an exported model (no {CARD}); point to an experiment's best/ folder")
-    card = json.loads(card_path.read_text())
-    saved = load_torch(folder / WEIGHTS)
-    G = UNetGenerator(GeneratorConfig(**saved["generator_config"]))
-    G.load_state_dict(saved["state_dict"])
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    if path.is_dir():
+        path = next((path / name for name in (SAFETENSORS, WEIGHTS) if (path / name).is_file()), path / CARD)
+    if path.suffix == ".safetensors" and path.is_file():
+        with safe_open(str(path), framework="pt") as weights:
+            gcfg = json.loads((weights.metadata() or {}).get("generator_config", "null"))
+            state = {k: weights.get_tensor(k) for k in weights.keys()}
+        if gcfg is None:
+            raise UserError(f"{path}: no generator_config in its metadata; use a model.safetensors this trainer wrote")
+    elif path.suffix == ".pt" and path.is_file():
+        saved = load_torch(path)
+        gcfg, state = saved["generator_config"], saved["state_dict"]
+    else:
+        raise UserError(
+            f"{path}: not an exported model (no {SAFETENSORS} or {WEIGHTS}); point to an experiment's best/ folder"
+        )
+    G = UNetGenerator(GeneratorConfig(**gcfg))
+    G.load_state_dict(state)
     return G.eval(), card

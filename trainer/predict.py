@@ -1,7 +1,8 @@
 """`python -m trainer.predict`: translate a folder of images with an exported generator.
 
-Needs only the export folder (trainer.export), not the run or its data. Each image is brought to the
-model's channels and size, translated, and written back at its own size and bit depth as PNG.
+Needs only the export folder (trainer.export), or its model.safetensors or generator.pt alone, not the
+run or its data. Each image is brought to the model's channels and size, translated, and written back
+at its own size and bit depth as PNG.
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ def build_parser() -> OneLineErrorParser:
         prog="python -m trainer.predict",
         description="Translate a folder of images with an exported generator; outputs are PNGs named like the inputs.",
     )
-    parser.add_argument("--model", type=Path, required=True, help="an export folder (with model_card.json)")
+    parser.add_argument(
+        "--model", type=Path, required=True, help="an export folder, or its model.safetensors or generator.pt alone"
+    )
     parser.add_argument("--input", type=Path, required=True, help="folder of images to translate")
     parser.add_argument("--output", type=Path, required=True, help="folder for the translated PNGs")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=16, help="images per forward pass")

@@ -1,0 +1,183 @@
+"""README.md of an export folder: the model card a person or a model hub reads.
+
+Rendered from the same card dict as model_card.json (and the folder's config.json), so the two
+never disagree. The front matter is the Hugging Face model-card metadata (library, tags, metrics,
+model-index); each value is written as JSON, which YAML reads unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+METRICS = (("ssim", "SSIM", "higher is better"), ("psnr", "PSNR (dB)", "higher is better"), ("mae", "MAE", "lower"))
+TAGS = ("pix2pix", "image-to-image", "gan", "u-net", "onnx", "safetensors")
+
+
+def render_model_card(card: dict[str, Any], config: dict[str, Any]) -> str:
+    return "\n".join([front_matter(card, config), *body(card, config)]) + "\n"
+
+
+def front_matter(card: dict[str, Any], config: dict[str, Any]) -> str:
+    lines = ["---", "library_name: pytorch", "pipeline_tag: image-to-image", "tags:"]
+    lines += [f"- {tag}" for tag in TAGS]
+    test = card.get("test") or {}
+    if test:
+        lines += ["metrics:", *(f"- {key}" for key, _, _ in METRICS)]
+        data = (card.get("data") or {}).get("source") or config.get("train_config", {}).get("data", "unknown")
+        lines += [
+            "model-index:",
+            f"- name: {json.dumps(card.get('name', 'generator'))}",
+            "  results:",
+            "  - task:",
+            "      type: image-to-image",
+            "    dataset:",
+            f"      name: {json.dumps(data)}",
+            f"      type: {json.dumps(data)}",
+            "      split: test",
+            "    metrics:",
+        ]
+        for key, label, _ in METRICS:
+            if test.get(f"test_{key}") is not None:
+                lines += [
+                    f"    - type: {key}",
+                    f"      value: {json.dumps(test[f'test_{key}'])}",
+                    f"      name: {json.dumps('test ' + label)}",
+                ]
+    return "\n".join([*lines, "---"])
+
+
+def body(card: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    train = config.get("train_config") or {}
+    size, cin, cout = config["size"], config["in_channels"], config["out_channels"]
+    data = card.get("data") or {}
+    source = data.get("source") or train.get("data", "an unrecorded data set")
+    out = [
+        f"# {card.get('name', 'generator')}",
+        "",
+        f"A {config['architecture']} that translates {channels(cin)} images into {channels(cout)} images "
+        f"at {size}x{size} pixels, trained on `{source}`. Inputs and outputs are (N, C, {size}, {size}) float32 "
+        f"arrays in [{config['value_range'][0]:g}, {config['value_range'][1]:g}].",
+        "",
+        "## Data",
+        "",
+        f"- source: `{source}`",
+    ]
+    if data.get("splits"):
+        out.append("- split: " + ", ".join(f"{n} {name}" for name, n in data["splits"].items()) + " pairs")
+    if data.get("split_hash"):
+        out.append(f"- split hash: `{data['split_hash']}` (the same files give the same hash)")
+    mapping = config["intensity_mapping"]
+    out.append(f"- intensity mapping: `{json.dumps(mapping)}`")
+    out += ["", *metrics_section(card), "", *hyperparameters_section(card), "", *usage_section(config)]
+    out += ["", *limitations_section(card, config), "", "## Files", ""]
+    out += [f"- `{name}`" for name in card.get("files", [])]
+    provenance = [f"trial `{card['trial_id']}`" if card.get("trial_id") else ""]
+    provenance.append(f"epoch {card['epoch']}" if card.get("epoch") else "")
+    versions = card.get("versions") or {}
+    if any(provenance) or versions:
+        out += ["", "## Provenance", ""]
+        if any(provenance):
+            out.append("Exported from " + ", ".join(p for p in provenance if p) + ".")
+        if versions:
+            out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+    return out
+
+
+def channels(n: int) -> str:
+    return {1: "1-channel (grayscale)", 3: "3-channel (RGB)"}.get(n, f"{n}-channel")
+
+
+def metrics_section(card: dict[str, Any]) -> list[str]:
+    out = ["## Test metrics", ""]
+    test, identity, val = card.get("test") or {}, card.get("identity_test"), card.get("val") or {}
+    if not test:
+        return [*out, "This export was not evaluated on a test split."]
+    header = ["split", *(label for _, label, _ in METRICS)]
+    rows = [[f"test, model ({card.get('test_images', '?')} images)", *values(test, "test")]]
+    if identity:
+        rows.append(["test, identity baseline (output = input)", *values(identity, "test")])
+    if val:
+        rows.append(["validation, model", *values(val, "val")])
+    out += table(header, rows)
+    if card.get("metrics_note"):
+        out += ["", card["metrics_note"] + "."]
+    return out
+
+
+def values(metrics: dict[str, Any], prefix: str) -> list[str]:
+    return [fmt(metrics.get(f"{prefix}_{key}")) for key, _, _ in METRICS]
+
+
+def hyperparameters_section(card: dict[str, Any]) -> list[str]:
+    out = ["## Hyperparameters", ""]
+    searched = card.get("hyperparameters") or {}
+    if searched:
+        out += ["Chosen by the search:", "", *table(["name", "value"], [[k, fmt(v)] for k, v in searched.items()]), ""]
+    return [*out, "Every training setting is in `config.json` (`train_config`)."]
+
+
+def usage_section(config: dict[str, Any]) -> list[str]:
+    size, cin = config["size"], config["in_channels"]
+    mode = "L" if cin == 1 else "RGB"
+    onnx = config["onnx"]
+    return [
+        "## How to run it",
+        "",
+        "With this project (any size and bit depth in, PNG out at the input's size; loads `model.safetensors`):",
+        "",
+        "```bash",
+        "python -m trainer.predict --model path/to/this/folder --input my_images/ --output translated/",
+        "```",
+        "",
+        f"With onnxruntime alone (opset {onnx['opset']}; input `{onnx['input']}`, output `{onnx['output']}`, "
+        "any batch size), for an 8-bit image:",
+        "",
+        "```python",
+        "import numpy as np",
+        "import onnxruntime",
+        "from PIL import Image",
+        "",
+        f'session = onnxruntime.InferenceSession("{onnx["file"]}", providers=["CPUExecutionProvider"])',
+        f'image = Image.open("input.png").convert("{mode}").resize(({size}, {size}), Image.BILINEAR)',
+        f"x = np.asarray(image, np.float32).reshape(1, {size}, {size}, {cin}).transpose(0, 3, 1, 2) / 255 * 2 - 1",
+        f'y = session.run(["{onnx["output"]}"], {{"{onnx["input"]}": x}})[0][0].transpose(1, 2, 0)',
+        "pixels = ((y + 1) / 2 * 255).round().clip(0, 255).astype(np.uint8)",
+        'Image.fromarray(pixels.squeeze(2) if pixels.shape[2] == 1 else pixels).save("output.png")',
+        "```",
+    ]
+
+
+def limitations_section(card: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    size = config["size"]
+    out = [
+        "## Limitations",
+        "",
+        f"- It saw only the training data above, at {size}x{size} pixels: other kinds of images, or images resized "
+        "from very different sizes, are outside what it learned and its metrics do not describe them.",
+        "- A GAN generator can add plausible detail that is not in the input: do not use its outputs for "
+        "measurement or diagnosis without checking them against real targets.",
+        "- The metrics are means over one test split; they say nothing about the worst image.",
+    ]
+    test, identity = card.get("test") or {}, card.get("identity_test") or {}
+    if test.get("test_ssim") is not None and identity.get("test_ssim") is not None:
+        gain = test["test_ssim"] - identity["test_ssim"]
+        verdict = "beats" if gain > 0 else "does NOT beat"
+        out.append(f"- On test SSIM the model {verdict} the identity baseline (output = input) by {gain:+.4f}.")
+    return out
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.4f}"
+    return str(value)
