@@ -22,7 +22,7 @@ from torch import nn
 
 from trainer.checkpoint import BEST, LAST, copy_atomic, load_torch, save_torch
 from trainer.config import GeneratorConfig, TrainConfig
-from trainer.data import PairedData, PairedImages, augment, load_paired_data
+from trainer.data import PairedData, PairedImages, ReadOptions, augment, load_paired_data
 from trainer.errors import TrainingDiverged, UserError
 from trainer.metrics import METRIC_NAMES, per_image_metrics
 from trainer.models import PatchDiscriminator, UNetGenerator, init_weights
@@ -155,7 +155,9 @@ def generator_forward(
 
 def load_run_data(cfg: TrainConfig, run_dir: Path | None) -> PairedData:
     """The data of a run as its config describes it (split saved to / reused from run_dir)."""
-    return load_paired_data(cfg.data, cfg.size, cfg.split_seed, run_dir, cfg.jitter, cfg.max_train_images)
+    return load_paired_data(
+        cfg.data, cfg.size, cfg.split_seed, run_dir, cfg.jitter, cfg.max_train_images, ReadOptions.of(cfg)
+    )
 
 
 @torch.no_grad()
@@ -197,6 +199,31 @@ def identity_baseline(
     for start in range(0, len(images), batch_size):
         a, b = images.batch(torch.arange(start, min(start + batch_size, len(images))))
         for name, values in per_image_metrics(a.to(device), b.to(device)).items():
+            parts[name].append(values)
+    return {f"{prefix}_{name}": torch.cat(values).mean().item() for name, values in parts.items()}
+
+
+@torch.no_grad()
+def mean_image(images: PairedImages, batch_size: int = 256) -> torch.Tensor:
+    """The mean target of a split in [-1, 1], (C, H, W): the mean-image baseline's one output."""
+    total = torch.zeros(images.b.shape[1:])
+    for start in range(0, len(images), batch_size):
+        _, b = images.batch(torch.arange(start, min(start + batch_size, len(images))))
+        total += b.sum(0).cpu()
+    return total / len(images)
+
+
+@torch.no_grad()
+def mean_image_baseline(
+    train: PairedImages, images: PairedImages, device: torch.device, batch_size: int = 64, prefix: str = "test"
+) -> dict[str, float]:
+    """The metrics of output = the mean training target, whatever the input: the baseline where
+    output = input means nothing (A and B in different units or channels)."""
+    mean = mean_image(train).to(device)
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in METRIC_NAMES}
+    for start in range(0, len(images), batch_size):
+        _, b = images.batch(torch.arange(start, min(start + batch_size, len(images))))
+        for name, values in per_image_metrics(mean.expand_as(b.to(device)), b.to(device)).items():
             parts[name].append(values)
     return {f"{prefix}_{name}": torch.cat(values).mean().item() for name, values in parts.items()}
 
@@ -429,6 +456,7 @@ def train(
             "best_epoch": best_epoch,
             "split_hash": data.split_hash,
             "data_source": data.source,
+            "intensity": data.intensity_record(),
         }
         save_torch(run_dir / LAST, state)
         if result.is_best:
