@@ -63,7 +63,8 @@ class TrainConfig:
     # data
     data: str = opt(
         "builtin:glyphs",
-        "a folder (A|B images, or A/ and B/ of images or NIfTI volumes) or builtin:glyphs|colorize|restore|phantom-mr2ct",
+        "a folder (A|B images, or A/ and B/ of images or NIfTI volumes) "
+        "or builtin:glyphs|colorize|restore|phantom-mr2ct",
     )
     direction: Direction = opt("AtoB", "AtoB translates A into B, BtoA translates B into A")
     size: int = opt(256, "image side in pixels, a power of 2 (32-2048)")
@@ -148,7 +149,9 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1) (got {getattr(self, name)})")
         _check(0 <= self.lr_decay_start <= 1, "lr_decay_start", "must be a fraction in [0, 1]")
-        _check(0 <= self.min_foreground <= 1, "min_foreground", f"must be a fraction in [0, 1] (got {self.min_foreground})")
+        _check(
+            0 <= self.min_foreground <= 1, "min_foreground", f"must be a fraction in [0, 1] (got {self.min_foreground})"
+        )
         _check(
             0 <= self.foreground_threshold < 1,
             "foreground_threshold",
@@ -159,7 +162,8 @@ class TrainConfig:
             _check(
                 any(w != (0.0, 0.0) for w in windows.values()),
                 "intensity",
-                "window needs --window_low_a/--window_high_a or --window_low_b/--window_high_b (e.g. -1000 and 2000 HU)",
+                "window needs --window_low_a/--window_high_a or --window_low_b/--window_high_b "
+                "(e.g. -1000 and 2000 HU)",
             )
             for side, (low, high) in windows.items():
                 _check(

@@ -30,6 +30,8 @@ from trainer.models import PatchDiscriminator, UNetGenerator, init_weights
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")  # G_L1 is logged without lambda_l1
 StepCallback = Callable[[int, int, int], None]  # (epoch, step within epoch, steps per epoch)
 COMPILE_MIN_STEPS = 500  # compile: auto needs a run at least this long to repay a cold compile
+IDENTITY, MEAN_IMAGE = "identity", "mean_image"  # the baselines a model must beat
+BASELINE_LABELS = {IDENTITY: "identity (output = input)", MEAN_IMAGE: "mean image (output = mean training target)"}
 
 
 @dataclass
@@ -226,6 +228,14 @@ def mean_image_baseline(
         for name, values in per_image_metrics(mean.expand_as(b.to(device)), b.to(device)).items():
             parts[name].append(values)
     return {f"{prefix}_{name}": torch.cat(values).mean().item() for name, values in parts.items()}
+
+
+def baseline_metrics(data: PairedData, split: str, device: torch.device, batch_size: int) -> tuple[dict, str]:
+    """The 2D baseline of a split: identity where A and B share units, else the mean image."""
+    images = data.splits[split]
+    if data.has_identity_baseline:
+        return identity_baseline(images, device, batch_size, prefix=split), IDENTITY
+    return mean_image_baseline(data.splits["train"], images, device, batch_size, prefix=split), MEAN_IMAGE
 
 
 def rng_state(data_rng: torch.Generator) -> dict[str, Any]:
