@@ -183,8 +183,6 @@ def nifti_bytes(data: np.ndarray, like: NiftiVolume, name: str) -> bytes:
 def translate_volume_file(
     G: UNetGenerator, path: Path, output: Path, device: torch.device, prep: Preprocessing, batch_size: int
 ) -> None:
-    if prep.input_map is None or prep.output_map is None:
-        raise UserError(f"{path}: the model's card has no intensity mapping; volumes need a model trained on volumes")
     volume = read_volume(path)
 
     def translate(x: torch.Tensor) -> torch.Tensor:
@@ -206,6 +204,8 @@ def translate_folder(model: Path, input_dir: Path, output_dir: Path, batch_size:
         raise UserError(f"{output_dir}: holds the input; choose another --output so no input is overwritten")
     G, card = load_generator(model)
     prep = Preprocessing.from_card(card)
+    if volumes and prep.input_map is None:
+        raise UserError(f"{model}: its model card has no intensity mapping; volumes need a model trained on volumes")
     torch_device = pick_device(device)
     G = G.to(torch_device)
     output_dir.mkdir(parents=True, exist_ok=True)
