@@ -92,6 +92,10 @@ def test_volumes_split_by_subject_never_by_slice_on_all_three_axes(tmp_path: Pat
     subjects = [{subject_of(n) for n in images.names} for images in data.splits.values()]
     assert not (subjects[0] & subjects[1] or subjects[0] & subjects[2] or subjects[1] & subjects[2])
 
+    few = load_paired_data(str(root), 32, split_seed=1, max_train_images=12, options=options(slice_axis="all"))
+    assert len(few.splits["train"]) == 12 and few.split_names == data.split_names
+    assert {subject_of(n) for n in few.splits["train"].names} == set(saved["train"])  # spread over every subject
+
 
 def test_slices_follow_the_affine_not_the_voxel_order(tmp_path: Path) -> None:
     """One head stored three ways (RAS, left-right flipped, axes permuted) gives the same axial slices."""
@@ -318,6 +322,15 @@ def test_predict_refuses_volumes_for_a_model_without_mapping(
     assert exit_info.value.code == 2
     assert "volumes need a model trained on volumes" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_follows_the_direction_in_the_card() -> None:
+    maps = {"A": {"mode": "percentile", "low": 0.0, "high": 700.0}, "B": {"mode": "window", "low": -1000, "high": 2000}}
+    forward = predict_cli.Preprocessing.from_card({"intensity": maps, "train_config": {"slice_axis": "all"}})
+    backward = predict_cli.Preprocessing.from_card({"intensity": maps, "direction": "BtoA"})
+    assert forward.input_map == backward.output_map == IntensityMap("percentile", 0.0, 700.0)
+    assert forward.output_map == backward.input_map == IntensityMap("window", -1000.0, 2000.0)
+    assert (forward.slice_axis, backward.slice_axis) == ("all", "axial")
 
 
 # ---------------------------------------------------------------------------------------------
