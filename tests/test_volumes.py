@@ -333,6 +333,19 @@ def test_predict_follows_the_direction_in_the_card() -> None:
     assert (forward.slice_axis, backward.slice_axis) == ("all", "axial")
 
 
+def test_predict_maps_16_bit_images_with_the_saved_window() -> None:
+    from trainer.config import GeneratorConfig
+    from trainer.models import UNetGenerator
+
+    G = UNetGenerator(GeneratorConfig(1, 1, 32, ngf=8))
+    window = IntensityMap("window", 0.0, 4095.0)
+    image = np.random.default_rng(0).integers(0, 4096, (32, 32, 1), dtype=np.uint16)
+    x = predict_cli.to_model_input(image, 65535, G, window)
+    torch.testing.assert_close(x[0, 0], torch.from_numpy(image[:, :, 0] / 4095 * 2 - 1).float())
+    back = predict_cli.to_image(x[0], 32, 32, 65535, window)  # 12-bit values come back as they were
+    np.testing.assert_array_equal(back, image)
+
+
 # ---------------------------------------------------------------------------------------------
 # metrics in physical units, against scikit-image
 

@@ -241,7 +241,7 @@ def build_parser() -> OneLineErrorParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     count = translate_folder(args.model, args.input, args.output, args.batch_size, args.device)
-    print(f"wrote {count} files to {args.output}")
+    print(f"wrote {count} file{'s' if count != 1 else ''} to {args.output}")
 
 
 if __name__ == "__main__":
