@@ -20,7 +20,6 @@ import torch
 from trainer.errors import UserError
 
 PERCENTILES = (0.5, 99.5)
-FITTED = ("percentile", "minmax")  # fitted on the training split; the others are known up front
 # percentile/minmax of a huge training split: a fixed-seed sample of this many values estimates them
 # to well within a quantization step, in a fraction of the time of the full sort.
 FIT_SAMPLE = 4_000_000
