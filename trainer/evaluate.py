@@ -138,15 +138,17 @@ def evaluate_volumes(
 
 
 def volume_table(scores: VolumeScores, title: str) -> Table:
-    table = Table(title=title)
+    """One row per subject and the mean: MAE (the headline number), PSNR, SSIM, each beside the baseline."""
+    metrics = ("mae", "psnr", "ssim")
+    table = Table(title=f"{title}; base = {BASELINE_LABELS[scores.baseline_name]}")
     table.add_column("subject")
-    for metric in METRIC_NAMES:
-        table.add_column(f"{METRIC_LABELS[metric]} model", justify="right")
-        table.add_column(f"{METRIC_LABELS[metric]} {scores.baseline_name}", justify="right")
+    for metric in metrics:
+        table.add_column(METRIC_LABELS[metric], justify="right")
+        table.add_column("base", justify="right")
     rows = [(subject, scores.model[subject], scores.baseline[subject]) for subject in scores.model]
     rows.append(("mean", scores.mean(scores.model), scores.mean(scores.baseline)))
     for subject, model, baseline in rows:
-        table.add_row(subject, *(f"{values[m]:.4g}" for m in METRIC_NAMES for values in (model, baseline)))
+        table.add_row(subject, *(f"{values[m]:.4g}" for m in metrics for values in (model, baseline)))
     return table
 
 
