@@ -382,3 +382,15 @@ def test_phantom_subjects_are_heads_in_hu_with_their_own_pose() -> None:
         assert mr.min() >= 0
     assert nib.aff2axcodes(subjects[0][3]) != nib.aff2axcodes(subjects[1][3])
     assert not np.array_equal(subjects[0][2], subjects[1][2])  # each head its own shape and pose
+
+
+def test_the_phantom_set_loads_split_by_subject_and_its_spec_searches_it() -> None:
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parent.parent / "search_spaces" / "mr2ct-phantom.yaml")
+    cfg = spec.trial_config({})
+    assert cfg.data == "builtin:phantom-mr2ct" and cfg.window_b == (-1000.0, 2000.0)
+    data = load_paired_data(cfg.data, 32, options=ReadOptions.of(cfg))  # built once into the session's cache
+    assert sum(len(names) for names in data.split_names.values()) == PHANTOM_SUBJECTS
+    assert {s: len(data.split_names[s]) for s in SPLITS} == {"train": 14, "val": 3, "test": 3}
+    assert all(pair.mask is not None for pairs in data.subjects.values() for pair in pairs)
