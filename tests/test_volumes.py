@@ -190,6 +190,19 @@ def test_a_12_bit_export_in_16_bit_files_warns_with_the_flag(tmp_path: Path, cap
     assert capsys.readouterr().err == ""
 
 
+def test_minmax_on_image_files_is_fitted_on_training_pairs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        for side in ("A", "B"):
+            (tmp_path / side).mkdir(exist_ok=True)
+            iio.imwrite(tmp_path / side / f"x{i}.png", rng.integers(100, 200, (32, 32), dtype=np.uint8))
+    data = load_paired_data(str(tmp_path), 32, options=options(intensity="minmax"))
+    train = data.splits["train"]
+    assert data.maps["A"] == IntensityMap("minmax", float(train.a.min()), float(train.a.max()))
+    a, _ = train.batch(torch.arange(len(train)))
+    assert a.min() == -1 and a.max() == 1
+
+
 def test_window_needs_numbers() -> None:
     with pytest.raises(UserError, match="window needs"):
         TrainConfig(intensity="window")
