@@ -18,8 +18,9 @@ from orchestrator.trainable import FAILED, FINISHED, INTERRUPTED, STOPPED_BUDGET
 from trainer.checkpoint import BEST_GENERATOR, load_torch, write_json
 from trainer.config import TrainConfig
 from trainer.errors import UserError
+from trainer.evaluate import evaluate_volumes
 from trainer.export import export_generator, generator_from_checkpoint
-from trainer.loop import evaluate, identity_baseline, load_run_data, pick_device
+from trainer.loop import MEAN_IMAGE, baseline_metrics, evaluate, load_run_data, pick_device
 
 HISTORY_KEYS = ("epoch", "G_GAN", "G_L1", "D_real", "D_fake", "val_ssim", "val_psnr", "val_mae", "lr_G", "lr_D")
 SUMMARY_FILE = "summary.json"
@@ -136,7 +137,9 @@ def export_best(
     test = data.splits["test"]
     test_metrics = evaluate(G, test, prefix="test")
     val_metrics = evaluate(G, data.splits["val"], prefix="val")
-    identity = identity_baseline(test, device, prefix="test") if data.has_identity_baseline else None
+    baseline, baseline_name = baseline_metrics(data, "test", device, cfg.val_batch_size)
+    identity = None if baseline_name == MEAN_IMAGE else baseline
+    volumes = evaluate_volumes(G, data, cfg, "test", device).to_card() if data.is_volumes else None
     card = {
         "name": "pix2pix-tune generator",
         "trial_id": best["trial_id"],
@@ -146,6 +149,10 @@ def export_best(
         "val": val_metrics,
         "test": test_metrics,
         "identity_test": identity,
+        "mean_image_test": baseline if baseline_name == MEAN_IMAGE else None,
+        "test_volumes": volumes,
+        "direction": cfg.direction,
+        "intensity": data.intensity_record(),
         "test_images": len(test),
         "data": {
             "source": cfg.data,

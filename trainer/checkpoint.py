@@ -25,6 +25,7 @@ BEST = "best.pt"
 BEST_GENERATOR = "best_generator.pt"  # the best epoch without D and optimizer state: what export and evaluation need
 GENERATOR_ONLY_KEYS = (
     "config", "generator_config", "epoch", "G", "history", "best_val_ssim", "best_epoch", "split_hash", "data_source",
+    "intensity",
 )  # fmt: skip
 
 

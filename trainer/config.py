@@ -18,6 +18,9 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 CompileMode = Literal["auto", "on", "off"]
 ChannelsLast = Literal["auto", "on", "off"]
+IntensityMode = Literal["auto", "dtype", "percentile", "window", "minmax"]
+SliceAxis = Literal["axial", "coronal", "sagittal", "all"]
+Direction = Literal["AtoB", "BtoA"]
 
 MIN_SIZE = 32  # the U-Net needs at least five 2x downsamplings
 MAX_SIZE = 2048
@@ -59,13 +62,36 @@ class TrainConfig:
     """One training run. Flat on purpose: a search space overrides any field by name."""
 
     # data
-    data: str = opt("builtin:glyphs", "a folder (A|B images, or A/ and B/) or builtin:glyphs|colorize|restore")
+    data: str = opt(
+        "builtin:glyphs",
+        "a folder (A|B images, or A/ and B/ of images or NIfTI volumes) "
+        "or builtin:glyphs|colorize|restore|phantom-mr2ct",
+    )
+    direction: Direction = opt("AtoB", "AtoB translates A into B, BtoA translates B into A")
     size: int = opt(256, "image side in pixels, a power of 2 (32-2048)")
     batch_size: int = opt(16, "images per training step")
     flip: bool = opt(True, "random horizontal flips (same for A and B) during training")
     jitter: bool = opt(False, "reference random jitter: resize to size*286/256, random crop back")
     split_seed: int = opt(0, "seed of the 70/15/15 split; fixed across a search so every trial sees the same split")
-    max_train_images: int = opt(0, "use at most this many training pairs (0 = all)")
+    max_train_images: int = opt(0, "use at most this many training pairs (volumes: slices) (0 = all)")
+
+    # intensities: the data's units -> [-1, 1], saved with the model and inverted by predict
+    intensity: IntensityMode = opt(
+        "auto",
+        "auto (percentile for volumes, dtype for image files), dtype (0..255 or 0..65535), percentile "
+        "(0.5-99.5 of the training split), window (the window_* values), minmax (of the training split)",
+    )
+    window_low_a: float = opt(0.0, "intensity window: the A value mapped to -1 (e.g. -1000 for CT in HU)")
+    window_high_a: float = opt(0.0, "intensity window: the A value mapped to +1; A without a window uses percentile")
+    window_low_b: float = opt(0.0, "intensity window: the B value mapped to -1")
+    window_high_b: float = opt(0.0, "intensity window: the B value mapped to +1; B without a window uses percentile")
+
+    # volumes (NIfTI)
+    slice_axis: SliceAxis = opt("axial", "volumes: slice plane (axial, coronal, sagittal, from the affine) or all")
+    min_foreground: float = opt(0.1, "volumes: keep slices whose foreground covers at least this fraction")
+    foreground_threshold: float = opt(
+        0.1, "volumes without mask/: foreground = A above this fraction of its 0.5-99.5 percentile range"
+    )
 
     # model
     ngf: int = opt(64, "generator width (filters in the first layer)")
@@ -126,12 +152,37 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1) (got {getattr(self, name)})")
         _check(0 <= self.lr_decay_start <= 1, "lr_decay_start", "must be a fraction in [0, 1]")
+        _check(
+            0 <= self.min_foreground <= 1, "min_foreground", f"must be a fraction in [0, 1] (got {self.min_foreground})"
+        )
+        _check(
+            0 <= self.foreground_threshold < 1,
+            "foreground_threshold",
+            f"must be a fraction in [0, 1) (got {self.foreground_threshold})",
+        )
+        if self.intensity == "window":
+            windows = {"a": self.window_a, "b": self.window_b}
+            _check(
+                any(w != (0.0, 0.0) for w in windows.values()),
+                "intensity",
+                "window needs --window_low_a/--window_high_a or --window_low_b/--window_high_b "
+                "(e.g. -1000 and 2000 HU)",
+            )
+            for side, (low, high) in windows.items():
+                _check(
+                    (low, high) == (0.0, 0.0) or high > low,
+                    f"window_high_{side}",
+                    f"must be above window_low_{side} (got {low} .. {high})",
+                )
         for name, kind in (
             ("lr_policy", LrPolicy),
             ("precision", Precision),
             ("device", Device),
             ("compile", CompileMode),
             ("channels_last", ChannelsLast),
+            ("intensity", IntensityMode),
+            ("slice_axis", SliceAxis),
+            ("direction", Direction),
         ):
             allowed = get_args(kind)
             _check(
@@ -139,6 +190,14 @@ class TrainConfig:
                 name,
                 f"must be one of {', '.join(allowed)} (got {getattr(self, name)!r})",
             )
+
+    @property
+    def window_a(self) -> tuple[float, float]:
+        return (self.window_low_a, self.window_high_a)
+
+    @property
+    def window_b(self) -> tuple[float, float]:
+        return (self.window_low_b, self.window_high_b)
 
     @property
     def uses_gan(self) -> bool:

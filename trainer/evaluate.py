@@ -1,27 +1,45 @@
-"""`python -m trainer.evaluate`: score a checkpoint on a split against the identity baseline.
+"""`python -m trainer.evaluate`: score a checkpoint on a split against a baseline.
 
 The checkpoint carries its own config and generator architecture, and its folder holds the run's
-split.json, so evaluation sees exactly the images the run held out.
+split.json, so evaluation sees exactly the images the run held out. The baseline is output = input
+where A and B share units, else output = the mean training target (the mean-image baseline).
+Volume data is also scored per subject on whole volumes in the data's own units inside the
+foreground mask (MAE in HU for synthetic CT), the way SynthRAD scores it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
+import numpy as np
 import torch
 from rich.console import Console
+from rich.table import Table
 
 from trainer.checkpoint import load_torch
 from trainer.config import Device, TrainConfig
 from trainer.data import SPLITS, PairedData, PairedImages
+from trainer.data.volumes import read_subject
 from trainer.errors import UserError, exits_cleanly_on_user_error
 from trainer.export import generator_from_checkpoint
-from trainer.loop import evaluate, identity_baseline, load_run_data, pick_device, translate
+from trainer.loop import (
+    BASELINE_LABELS,
+    IDENTITY,
+    MEAN_IMAGE,
+    baseline_metrics,
+    evaluate,
+    load_run_data,
+    mean_image,
+    pick_device,
+    translate,
+)
+from trainer.metrics import METRIC_NAMES, volume_metrics
 from trainer.models import UNetGenerator
-from trainer.train import OneLineErrorParser, comparison_table
+from trainer.predict import translate_ras
+from trainer.train import METRIC_LABELS, OneLineErrorParser, comparison_table
 from trainer.visualize import save_grid
 
 GRID_SAMPLES = 8
@@ -36,13 +54,42 @@ class CheckpointModel:
 
 
 @dataclass
+class VolumeScores:
+    """Whole-volume metrics of one split, per subject, in the data's own units inside the foreground."""
+
+    split: str
+    value_range: tuple[float, float]  # the target mapping's low .. high: PSNR's and SSIM's data range
+    baseline_name: str
+    model: dict[str, dict[str, float]] = field(default_factory=dict)  # subject -> mae, psnr, ssim
+    baseline: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @staticmethod
+    def mean(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+        return {name: float(np.mean([s[name] for s in scores.values()])) for name in METRIC_NAMES}
+
+    def to_card(self) -> dict:
+        return {
+            "split": self.split,
+            "note": "per subject, whole volumes in the data's own units (HU for CT) inside the foreground mask: "
+            "MAE of the values; PSNR and SSIM (scikit-image, 7x7x7) on volumes clipped to value_range, "
+            "its width the data range (as SynthRAD scores synthetic CT)",
+            "value_range": list(self.value_range),
+            "baseline": self.baseline_name,
+            "subjects": {name: {"model": self.model[name], "baseline": self.baseline[name]} for name in self.model},
+            "mean": {"model": self.mean(self.model), "baseline": self.mean(self.baseline)},
+        }
+
+
+@dataclass
 class Evaluation:
     split: str
     epoch: int  # epochs the checkpoint had trained
     metrics: dict[str, float]  # <split>_ssim, <split>_psnr, <split>_mae
-    baseline: dict[str, float] | None  # identity baseline; None when A and B differ in channels
+    baseline: dict[str, float]  # identity, or mean image where A and B differ in channels or units
+    baseline_name: str
     samples: tuple[torch.Tensor, ...]  # inputs, outputs, targets (CPU, [-1, 1])
     pairs: int
+    volumes: VolumeScores | None  # volume data only
 
 
 def load_checkpoint_generator(path: Path, device: torch.device) -> CheckpointModel:
@@ -61,6 +108,48 @@ def load_checkpoint_data(model: CheckpointModel, run_dir: Path) -> PairedData:
             f"keep split.json next to the checkpoint in {run_dir} and the data folder unchanged"
         )
     return data
+
+
+@torch.no_grad()
+def evaluate_volumes(
+    G: UNetGenerator, data: PairedData, cfg: TrainConfig, split: str, device: torch.device
+) -> VolumeScores:
+    """Translate each subject of a split whole (as trainer.predict does) and score it in the data's units."""
+    in_map, out_map = data.maps[data.input_side], data.maps[data.target_side]
+    mean = mean_image(data.splits["train"]).to(device)
+    name = IDENTITY if data.has_identity_baseline else MEAN_IMAGE
+    scores = VolumeScores(split, (out_map.low, out_map.high), name)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return translate(G, x)
+
+    def mean_output(x: torch.Tensor) -> torch.Tensor:
+        return mean.expand(len(x), -1, -1, -1)
+
+    for pair in data.subjects[split]:
+        subject = read_subject(pair.name, pair.a, pair.b, pair.mask, cfg.foreground_threshold)
+        source, target = (subject.a, subject.b) if data.direction == "AtoB" else (subject.b, subject.a)
+        output = translate_ras(source, model, cfg.size, in_map, out_map, cfg.slice_axis, cfg.val_batch_size)
+        scores.model[pair.name] = volume_metrics(output, target, subject.foreground, scores.value_range)
+        if name == MEAN_IMAGE:
+            source = translate_ras(source, mean_output, cfg.size, in_map, out_map, cfg.slice_axis, cfg.val_batch_size)
+        scores.baseline[pair.name] = volume_metrics(source, target, subject.foreground, scores.value_range)
+    return scores
+
+
+def volume_table(scores: VolumeScores, title: str) -> Table:
+    """One row per subject and the mean: MAE (the headline number), PSNR, SSIM, each beside the baseline."""
+    metrics = ("mae", "psnr", "ssim")
+    table = Table(title=f"{title}; base = {BASELINE_LABELS[scores.baseline_name]}")
+    table.add_column("subject")
+    for metric in metrics:
+        table.add_column(METRIC_LABELS[metric], justify="right")
+        table.add_column("base", justify="right")
+    rows = [(subject, scores.model[subject], scores.baseline[subject]) for subject in scores.model]
+    rows.append(("mean", scores.mean(scores.model), scores.mean(scores.baseline)))
+    for subject, model, baseline in rows:
+        table.add_row(subject, *(f"{values[m]:.4g}" for m in metrics for values in (model, baseline)))
+    return table
 
 
 def first_samples(G: UNetGenerator, images: PairedImages) -> tuple[torch.Tensor, ...]:
@@ -82,9 +171,10 @@ def evaluate_checkpoint(checkpoint: Path, split: str = "test", device: str = "au
     images = data.splits[split]
     batch_size = model.config.val_batch_size
     metrics = evaluate(model.generator, images, batch_size, prefix=split)
-    baseline = identity_baseline(images, torch_device, batch_size, prefix=split) if data.has_identity_baseline else None
+    baseline, baseline_name = baseline_metrics(data, split, torch_device, batch_size)
     samples = first_samples(model.generator, images)
-    return Evaluation(split, model.epoch, metrics, baseline, samples, len(images))
+    volumes = evaluate_volumes(model.generator, data, model.config, split, torch_device) if data.is_volumes else None
+    return Evaluation(split, model.epoch, metrics, baseline, baseline_name, samples, len(images), volumes)
 
 
 def build_parser() -> OneLineErrorParser:
@@ -108,8 +198,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     grid = args.grid if args.grid is not None else args.checkpoint.parent / f"{args.split}_samples.png"
     save_grid(grid, *result.samples)
     console = Console()
-    title = f"{args.checkpoint} (epoch {result.epoch}) on {args.split} ({result.pairs} pairs)"
-    console.print(comparison_table(title, result.metrics, result.baseline, prefix=args.split))
+    title = f"{args.checkpoint} (epoch {result.epoch}) on {args.split} ({result.pairs} pairs), 2D in [-1, 1]"
+    label = BASELINE_LABELS[result.baseline_name]
+    console.print(comparison_table(title, result.metrics, result.baseline, prefix=args.split, baseline_label=label))
+    if result.volumes is not None:
+        low, high = result.volumes.value_range
+        title = (
+            f"whole volumes of {args.split} in the data's units inside the foreground (range {low:.4g} .. {high:.4g})"
+        )
+        console.print(volume_table(result.volumes, title))
     console.print(f"samples: {grid}")
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, copy_atomic, generator_only, load_torch, save_torch
 from trainer.config import GeneratorConfig, TrainConfig
-from trainer.data import PairedData, PairedImages, augment, load_paired_data
+from trainer.data import PairedData, PairedImages, ReadOptions, augment, load_paired_data
 from trainer.errors import TrainingDiverged, UserError
 from trainer.metrics import METRIC_NAMES, per_image_metrics
 from trainer.models import PatchDiscriminator, UNetGenerator, init_weights
@@ -30,6 +30,8 @@ from trainer.models import PatchDiscriminator, UNetGenerator, init_weights
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")  # G_L1 is logged without lambda_l1
 StepCallback = Callable[[int, int, int], None]  # (epoch, step within epoch, steps per epoch)
 COMPILE_MIN_STEPS = 500  # compile: auto needs a run at least this long to repay a cold compile
+IDENTITY, MEAN_IMAGE = "identity", "mean_image"  # the baselines a model must beat
+BASELINE_LABELS = {IDENTITY: "identity (output = input)", MEAN_IMAGE: "mean image (output = mean training target)"}
 
 
 @dataclass
@@ -171,7 +173,9 @@ def generator_forward(
 
 def load_run_data(cfg: TrainConfig, run_dir: Path | None) -> PairedData:
     """The data of a run as its config describes it (split saved to / reused from run_dir)."""
-    return load_paired_data(cfg.data, cfg.size, cfg.split_seed, run_dir, cfg.jitter, cfg.max_train_images)
+    return load_paired_data(
+        cfg.data, cfg.size, cfg.split_seed, run_dir, cfg.jitter, cfg.max_train_images, ReadOptions.of(cfg)
+    )
 
 
 @torch.no_grad()
@@ -215,6 +219,39 @@ def identity_baseline(
         for name, values in per_image_metrics(a.to(device), b.to(device)).items():
             parts[name].append(values)
     return {f"{prefix}_{name}": torch.cat(values).mean().item() for name, values in parts.items()}
+
+
+@torch.no_grad()
+def mean_image(images: PairedImages, batch_size: int = 256) -> torch.Tensor:
+    """The mean target of a split in [-1, 1], (C, H, W): the mean-image baseline's one output."""
+    total = torch.zeros(images.b.shape[1:])
+    for start in range(0, len(images), batch_size):
+        _, b = images.batch(torch.arange(start, min(start + batch_size, len(images))))
+        total += b.sum(0).cpu()
+    return total / len(images)
+
+
+@torch.no_grad()
+def mean_image_baseline(
+    train: PairedImages, images: PairedImages, device: torch.device, batch_size: int = 64, prefix: str = "test"
+) -> dict[str, float]:
+    """The metrics of output = the mean training target, whatever the input: the baseline where
+    output = input means nothing (A and B in different units or channels)."""
+    mean = mean_image(train).to(device)
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in METRIC_NAMES}
+    for start in range(0, len(images), batch_size):
+        _, b = images.batch(torch.arange(start, min(start + batch_size, len(images))))
+        for name, values in per_image_metrics(mean.expand_as(b.to(device)), b.to(device)).items():
+            parts[name].append(values)
+    return {f"{prefix}_{name}": torch.cat(values).mean().item() for name, values in parts.items()}
+
+
+def baseline_metrics(data: PairedData, split: str, device: torch.device, batch_size: int) -> tuple[dict, str]:
+    """The 2D baseline of a split: identity where A and B share units, else the mean image."""
+    images = data.splits[split]
+    if data.has_identity_baseline:
+        return identity_baseline(images, device, batch_size, prefix=split), IDENTITY
+    return mean_image_baseline(data.splits["train"], images, device, batch_size, prefix=split), MEAN_IMAGE
 
 
 def rng_state(data_rng: torch.Generator) -> dict[str, Any]:
@@ -446,6 +483,7 @@ def train(
             "best_epoch": best_epoch,
             "split_hash": data.split_hash,
             "data_source": data.source,
+            "intensity": data.intensity_record(),
         }
         save_torch(run_dir / LAST, state)
         if result.is_best:

@@ -6,8 +6,12 @@ sample covariance, the mean taken over the region the window covers fully, then 
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from skimage.metrics import structural_similarity
 
 DATA_RANGE = 2.0  # images live in [-1, 1]
 WINDOW = 7
@@ -64,3 +68,20 @@ def per_image_metrics(output: torch.Tensor, target: torch.Tensor) -> dict[str, t
         "psnr": psnr_per_image(output, target),
         "mae": mae_per_image(output, target),
     }
+
+
+def volume_metrics(
+    output: np.ndarray, target: np.ndarray, mask: np.ndarray, value_range: tuple[float, float]
+) -> dict[str, float]:
+    """MAE, PSNR and SSIM of one volume in the data's own units (HU for CT) inside the mask, the way
+    the SynthRAD challenge scores synthetic CT: MAE on the values as they are; PSNR and SSIM on both
+    volumes clipped to value_range, whose width is the data range, SSIM (scikit-image, 7x7x7 window)
+    averaged over the mask with the outside set to the range's bottom."""
+    low, high = value_range
+    mae = float(np.abs(output[mask] - target[mask]).mean())
+    out, tgt = np.clip(output, low, high) - low, np.clip(target, low, high) - low
+    mse = float(((out[mask] - tgt[mask]) ** 2).mean())
+    psnr = 10 * math.log10((high - low) ** 2 / mse) if mse > 0 else math.inf
+    out[~mask], tgt[~mask] = 0.0, 0.0
+    _, ssim_map = structural_similarity(tgt, out, data_range=high - low, full=True)
+    return {"mae": mae, "psnr": psnr, "ssim": float(ssim_map[mask].mean())}

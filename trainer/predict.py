@@ -1,16 +1,22 @@
-"""`python -m trainer.predict`: translate a folder of images with an exported generator.
+"""`python -m trainer.predict`: translate images or NIfTI volumes with an exported generator.
 
-Needs only the export folder (trainer.export), or its model.safetensors or generator.pt alone, not the
-run or its data. Each image is brought to the model's channels and size, translated, and written back
-at its own size and bit depth as PNG.
+Needs only the export folder (trainer.export), not the run or its data: its model card names the
+direction, the intensity mapping of each side and the slice plane (model.safetensors or generator.pt
+alone also load, and then mean AtoB with each file's own dtype range). Each image is brought to the
+model's channels and size, translated, and written back at its own size and bit depth as PNG.
+Each volume is sliced the way training sliced it, translated in batches, stacked, mapped back to
+the data's units (HU for CT) and written as float32 NIfTI with the input's affine and header.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gzip
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,6 +25,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from trainer.checkpoint import write_atomic_bytes
 from trainer.config import Device
 from trainer.data import IMAGE_SUFFIXES, png_bytes, read_image
+from trainer.data.intensity import IntensityMap
+from trainer.data.volumes import (
+    PLANE_AXES,
+    NiftiVolume,
+    from_square,
+    planes,
+    read_volume,
+    slice_stack,
+    to_square,
+    volume_stem,
+)
 from trainer.errors import UserError, exits_cleanly_on_user_error
 from trainer.export import load_generator
 from trainer.loop import pick_device
@@ -27,14 +44,50 @@ from trainer.train import OneLineErrorParser
 
 # ITU-R BT.601 luma, the weights PIL's convert("L") uses, which built the grayscale training inputs.
 LUMA = (0.299, 0.587, 0.114)
+Translator = Callable[[torch.Tensor], torch.Tensor]  # (n, C, size, size) in [-1, 1] -> the same
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an export's inputs become [-1, 1] and its outputs come back, from its model card.
+
+    Exports made before the card held these fields mean what they did then: AtoB, the dtype mapping."""
+
+    direction: str
+    input_map: IntensityMap | None  # None: the dtype mapping of each image file
+    output_map: IntensityMap | None
+    slice_axis: str
+
+    @classmethod
+    def from_card(cls, card: dict[str, Any]) -> Preprocessing:
+        train = card.get("train_config") or {}
+        direction = card.get("direction") or train.get("direction", "AtoB")
+        intensity = card.get("intensity")
+        maps = (None, None)
+        if intensity:
+            maps = (IntensityMap.from_dict(intensity[direction[0]]), IntensityMap.from_dict(intensity[direction[-1]]))
+        return cls(direction, *maps, train.get("slice_axis", "axial"))
+
+
+def input_files(path: Path) -> tuple[list[Path], bool]:
+    """The files to translate and whether they are volumes: one NIfTI file, or a folder of images or volumes."""
+    if path.is_file():
+        if volume_stem(path) is None:
+            raise UserError(f"{path}: not a NIfTI volume (.nii or .nii.gz); give a volume or a folder")
+        return [path], True
+    if not path.is_dir():
+        raise UserError(f"{path}: input folder not found; give a folder of images or volumes to translate")
+    volumes = sorted(p for p in path.iterdir() if p.is_file() and volume_stem(p) is not None)
+    images = input_images(path) if not volumes else []
+    if volumes and any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
+        raise UserError(f"{path}: mixes NIfTI volumes and 2D images; translate each kind from its own folder")
+    return (volumes, True) if volumes else (images, False)
 
 
 def input_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise UserError(f"{folder}: input folder not found; give a folder of images to translate")
     images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise UserError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise UserError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, .nii, .nii.gz)")
     stems: dict[str, Path] = {}
     for path in images:
         if path.stem in stems:  # both would be written to the same <stem>.png
@@ -59,46 +112,114 @@ def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     return (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
-def to_model_input(image: np.ndarray, max_value: int, G: UNetGenerator) -> torch.Tensor:
+def to_model_input(
+    image: np.ndarray, max_value: int, G: UNetGenerator, in_map: IntensityMap | None = None
+) -> torch.Tensor:
     """(H, W, C) integers -> (1, in_channels, size, size) in [-1, 1]."""
+    if in_map is not None and in_map.mode != "dtype":  # the mapping training fitted, on the file's own values
+        x = match_channels(torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None], G.cfg.in_channels)
+        return in_map.to_unit(resize(x, G.cfg.size, G.cfg.size))
     x = torch.from_numpy(image.astype(np.float32) / max_value).permute(2, 0, 1)[None]
     x = match_channels(x, G.cfg.in_channels)
     return resize(x, G.cfg.size, G.cfg.size).clamp(0, 1) * 2 - 1
 
 
-def to_image(y: torch.Tensor, height: int, width: int, max_value: int) -> np.ndarray:
+def to_image(
+    y: torch.Tensor, height: int, width: int, max_value: int, out_map: IntensityMap | None = None
+) -> np.ndarray:
     """(C, size, size) in [-1, 1] -> (H, W, C) uint8 or uint16 at the original size."""
     y = resize(y[None].float().cpu(), height, width)[0]
-    pixels = ((y.clamp(-1, 1) + 1) / 2 * max_value).round().permute(1, 2, 0).numpy()
-    return pixels.astype(np.uint8 if max_value == 255 else np.uint16)
+    if out_map is not None and out_map.mode != "dtype":
+        values = out_map.from_unit(y.clamp(-1, 1)).round().clamp(0, max_value)
+    else:
+        values = ((y.clamp(-1, 1) + 1) / 2 * max_value).round()
+    return values.permute(1, 2, 0).numpy().astype(np.uint8 if max_value == 255 else np.uint16)
 
 
 @torch.no_grad()
-def translate_batch(G: UNetGenerator, paths: list[Path], output: Path, device: torch.device) -> None:
+def translate_batch(
+    G: UNetGenerator, paths: list[Path], output: Path, device: torch.device, prep: Preprocessing
+) -> None:
     images = [read_image(path) for path in paths]
-    batch = torch.cat([to_model_input(image, max_value, G) for image, max_value in images]).to(device)
-    outputs = G(batch)
+    batch = torch.cat([to_model_input(image, max_value, G, prep.input_map) for image, max_value in images])
+    outputs = G(batch.to(device))
     for path, (image, max_value), y in zip(paths, images, outputs):
-        write_atomic_bytes(output / f"{path.stem}.png", png_bytes(to_image(y, *image.shape[:2], max_value)))
+        pixels = to_image(y, *image.shape[:2], max_value, prep.output_map)
+        write_atomic_bytes(output / f"{path.stem}.png", png_bytes(pixels))
+
+
+@torch.no_grad()
+def translate_ras(
+    volume: np.ndarray,
+    translate: Translator,
+    size: int,
+    in_map: IntensityMap,
+    out_map: IntensityMap,
+    slice_axis: str,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """A RAS-ordered volume in its units -> the translated volume in the output's units, same grid.
+
+    Sliced, padded and resized as training was; with slice_axis `all`, the mean of the three planes."""
+    stacked = []
+    for plane in planes(slice_axis):
+        stack = slice_stack(volume, plane)
+        x = to_square(stack, size, volume.min())
+        y = torch.cat([translate(in_map.to_unit(x[i : i + batch_size])).cpu() for i in range(0, len(x), batch_size)])
+        slices = from_square(out_map.from_unit(y[:, :1]), *stack.shape[1:])
+        stacked.append(np.moveaxis(slices, 0, PLANE_AXES[plane]))
+    return np.mean(stacked, axis=0, dtype=np.float32)
+
+
+def nifti_bytes(data: np.ndarray, like: NiftiVolume, name: str) -> bytes:
+    """float32 NIfTI with `like`'s affine and header (scaling reset: the values are stored as they are)."""
+    header = like.image.header.copy()
+    header.set_data_dtype(np.float32)
+    image = nib.Nifti1Image(data.astype(np.float32), like.affine, header)
+    image.header.set_slope_inter(1.0, 0.0)
+    raw = image.to_bytes()
+    return gzip.compress(raw, mtime=0) if name.lower().endswith(".gz") else raw
+
+
+def translate_volume_file(
+    G: UNetGenerator, path: Path, output: Path, device: torch.device, prep: Preprocessing, batch_size: int
+) -> None:
+    volume = read_volume(path)
+
+    def translate(x: torch.Tensor) -> torch.Tensor:
+        return G(x.to(device))
+
+    ras = translate_ras(
+        volume.to_ras(), translate, G.cfg.size, prep.input_map, prep.output_map, prep.slice_axis, batch_size
+    )
+    write_atomic_bytes(output / path.name, nifti_bytes(volume.from_ras(ras), volume, path.name))
 
 
 def translate_folder(model: Path, input_dir: Path, output_dir: Path, batch_size: int = 16, device: str = "auto") -> int:
-    """Translate every image in input_dir into output_dir; returns how many were written."""
+    """Translate every image or volume of input_dir (or the one volume it names) into output_dir;
+    returns how many files were written."""
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1 (got {batch_size})")
-    paths = input_images(input_dir)
-    if output_dir.resolve() == input_dir.resolve():
-        raise UserError(f"{output_dir}: is the input folder; choose another --output so no input is overwritten")
-    G, _card = load_generator(model)
+    paths, volumes = input_files(input_dir)
+    if output_dir.resolve() in (input_dir.resolve(), input_dir.resolve().parent if input_dir.is_file() else None):
+        raise UserError(f"{output_dir}: holds the input; choose another --output so no input is overwritten")
+    G, card = load_generator(model)
+    prep = Preprocessing.from_card(card)
+    if volumes and prep.input_map is None:
+        raise UserError(f"{model}: its model card has no intensity mapping; volumes need a model trained on volumes")
     torch_device = pick_device(device)
     G = G.to(torch_device)
     output_dir.mkdir(parents=True, exist_ok=True)
     columns = (TextColumn("translating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns) as progress:
         task = progress.add_task("translate", total=len(paths))
-        for start in range(0, len(paths), batch_size):
-            batch = paths[start : start + batch_size]
-            translate_batch(G, batch, output_dir, torch_device)
+        step = 1 if volumes else batch_size
+        for start in range(0, len(paths), step):
+            batch = paths[start : start + step]
+            if volumes:
+                translate_volume_file(G, batch[0], output_dir, torch_device, prep, batch_size)
+            else:
+                translate_batch(G, batch, output_dir, torch_device, prep)
             progress.advance(task, len(batch))
     return len(paths)
 
@@ -106,14 +227,18 @@ def translate_folder(model: Path, input_dir: Path, output_dir: Path, batch_size:
 def build_parser() -> OneLineErrorParser:
     parser = OneLineErrorParser(
         prog="python -m trainer.predict",
-        description="Translate a folder of images with an exported generator; outputs are PNGs named like the inputs.",
+        description="Translate a folder of images, a NIfTI volume or a folder of volumes with an exported "
+        "generator; outputs are PNGs or float32 NIfTI volumes named like the inputs.",
     )
     parser.add_argument(
-        "--model", type=Path, required=True, help="an export folder, or its model.safetensors or generator.pt alone"
+        "--model",
+        type=Path,
+        required=True,
+        help="an export folder, or its model.safetensors or generator.pt alone (volumes need the folder)",
     )
-    parser.add_argument("--input", type=Path, required=True, help="folder of images to translate")
-    parser.add_argument("--output", type=Path, required=True, help="folder for the translated PNGs")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--input", type=Path, required=True, help="a folder of images or volumes, or one volume")
+    parser.add_argument("--output", type=Path, required=True, help="folder for the translated files")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=16, help="images (slices) per forward pass")
     parser.add_argument("--device", choices=get_args(Device), default="auto", help="where to run (default: auto)")
     return parser
 
@@ -122,7 +247,7 @@ def build_parser() -> OneLineErrorParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     count = translate_folder(args.model, args.input, args.output, args.batch_size, args.device)
-    print(f"wrote {count} images to {args.output}")
+    print(f"wrote {count} file{'s' if count != 1 else ''} to {args.output}")
 
 
 if __name__ == "__main__":

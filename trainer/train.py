@@ -23,7 +23,7 @@ from trainer.checkpoint import BEST, LAST, load_torch
 from trainer.config import TrainConfig
 from trainer.data import PairedData
 from trainer.errors import TrainingDiverged, UserError, exits_cleanly_on_user_error
-from trainer.loop import LOSS_NAMES, EpochResult, identity_baseline, load_run_data, pick_device, train
+from trainer.loop import BASELINE_LABELS, LOSS_NAMES, EpochResult, baseline_metrics, load_run_data, pick_device, train
 from trainer.metrics import METRIC_NAMES
 
 EXIT_DIVERGED = 1
@@ -126,13 +126,19 @@ def epoch_line(result: EpochResult, epochs: int) -> str:
     )
 
 
-def comparison_table(title: str, model: dict[str, float], baseline: dict[str, float] | None, prefix: str) -> Table:
-    """Model metrics next to the identity baseline (output = input), when there is one."""
+def comparison_table(
+    title: str,
+    model: dict[str, float],
+    baseline: dict[str, float] | None,
+    prefix: str,
+    baseline_label: str = "identity (output = input)",
+) -> Table:
+    """Model metrics next to a baseline (by default identity: output = input), when there is one."""
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("model", justify="right")
     if baseline is not None:
-        table.add_column("identity (output = input)", justify="right")
+        table.add_column(baseline_label, justify="right")
         table.add_column("model better?", justify="center")
     for name in METRIC_NAMES:
         key = f"{prefix}_{name}"
@@ -153,11 +159,9 @@ def print_summary(console: Console, cfg: TrainConfig, data: PairedData, run_dir:
     state = load_torch(run_dir / LAST)
     history = state["history"]
     best = next(row for row in history if row["epoch"] == state["best_epoch"])
-    baseline = None
-    if data.has_identity_baseline:
-        baseline = identity_baseline(data.splits["val"], pick_device(cfg.device), cfg.val_batch_size, prefix="val")
+    baseline, name = baseline_metrics(data, "val", pick_device(cfg.device), cfg.val_batch_size)
     title = f"best epoch {best['epoch']}/{cfg.epochs} on val ({len(data.splits['val'])} pairs)"
-    console.print(comparison_table(title, best, baseline, prefix="val"))
+    console.print(comparison_table(title, best, baseline, prefix="val", baseline_label=BASELINE_LABELS[name]))
     console.print(
         f"checkpoints: {run_dir / BEST} (epoch {best['epoch']}), {run_dir / LAST} (epoch {history[-1]['epoch']})"
     )

@@ -1,13 +1,17 @@
-"""Paired images: folder discovery, the train/val/test split, decoding once into memory, augmentation.
+"""Paired data: folder discovery, the train/val/test split, decoding once into memory, augmentation.
 
 Two folder layouts are detected automatically:
   (a) pix2pix convention: each file holds A in its left half and B in its right half;
-  (b) `A/` and `B/` folders whose files match by name (the extension may differ).
+  (b) `A/` and `B/` folders whose files match by name (the extension may differ), holding images,
+      or NIfTI volumes (one name = one subject; an optional `mask/` folder marks the foreground).
 Either layout may sit inside `train/ val/ test/` sub-folders, which are then used as the split;
 otherwise a seeded 70/15/15 split is made once and saved as split.json in the run directory.
+Volumes are split by subject, never by slice, and then sliced (trainer.data.volumes).
 
-Images are decoded and resized once, kept in memory as integers (uint8, or int32 for 16-bit data),
-and converted to [-1, 1] floats and augmented batch by batch on the training device.
+Images are decoded and resized once and kept in memory in the data's own units (uint8 or int32 for
+image files, float32 for volumes); each side's intensity mapping (trainer.data.intensity, fitted on
+the training split) turns them into [-1, 1] floats batch by batch on the training device, where
+they are augmented.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import hashlib
 import io
 import json
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +32,17 @@ import torch.nn.functional as F
 
 from trainer.builtin import BUILTIN_PREFIX, builtin_root
 from trainer.checkpoint import write_json
+from trainer.config import TrainConfig
+from trainer.data.intensity import IntensityMap, fit_map
+from trainer.data.volumes import (
+    VOLUME_SUFFIXES,
+    foreground_fractions,
+    planes,
+    read_subject,
+    slice_stack,
+    to_square,
+    volume_stem,
+)
 from trainer.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -35,46 +51,109 @@ SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15}  # test takes the rest
 JITTER_SCALE = 286 / 256  # reference random jitter: resize up by this much, crop back
 SPLIT_FILE = "split.json"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MASK_DIR = "mask"
+TWELVE_BIT = 4096  # 16-bit files of 12-bit CT / X-ray exports hold values below this
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How data is read beyond size and split: the TrainConfig fields of the same names (which hold
+    the defaults)."""
+
+    intensity: str
+    window_a: tuple[float, float]
+    window_b: tuple[float, float]
+    slice_axis: str
+    min_foreground: float
+    foreground_threshold: float
+    direction: str
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> ReadOptions:
+        return cls(
+            cfg.intensity,
+            cfg.window_a,
+            cfg.window_b,
+            cfg.slice_axis,
+            cfg.min_foreground,
+            cfg.foreground_threshold,
+            cfg.direction,
+        )
 
 
 @dataclass(frozen=True)
 class PairFiles:
-    """One training pair on disk: two files, or one A|B file (b is None)."""
+    """One training pair on disk: two files, or one A|B file (b is None); volumes may have a mask."""
 
     name: str
     a: Path
     b: Path | None
+    mask: Path | None = None
+
+    @property
+    def is_volume(self) -> bool:
+        return volume_stem(self.a) is not None
 
 
 @dataclass
 class PairedImages:
-    """Decoded pairs of one split, (N, C, H, W) integer tensors scaled by max_value."""
+    """Decoded pairs of one split, (N, C, H, W) tensors in the data's own units; `batch` maps them to
+    [-1, 1] with each side's intensity mapping (by default 0..max_value, the dtype mapping)."""
 
     a: torch.Tensor
     b: torch.Tensor
     names: list[str]
-    max_value: int
+    max_value: int  # 255 or 65535 for image files; 0 for volumes, whose values have no type range
+    a_map: IntensityMap | None = None
+    b_map: IntensityMap | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_value:
+            self.a_map = self.a_map or IntensityMap("dtype", 0.0, float(self.max_value))
+            self.b_map = self.b_map or IntensityMap("dtype", 0.0, float(self.max_value))
 
     def __len__(self) -> int:
         return len(self.names)
 
     def to(self, device: torch.device) -> PairedImages:
-        return PairedImages(self.a.to(device), self.b.to(device), self.names, self.max_value)
+        return PairedImages(self.a.to(device), self.b.to(device), self.names, self.max_value, self.a_map, self.b_map)
 
-    def as_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer pixels -> float32 in [-1, 1]."""
-        return x.float() * (2.0 / self.max_value) - 1.0
+    def with_maps(self, a_map: IntensityMap, b_map: IntensityMap) -> PairedImages:
+        return PairedImages(self.a, self.b, self.names, self.max_value, a_map, b_map)
+
+    def swapped(self) -> PairedImages:
+        """B as the input and A as the target (direction BtoA)."""
+        return PairedImages(self.b, self.a, self.names, self.max_value, self.b_map, self.a_map)
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         index = index.to(self.a.device)
-        return self.as_unit(self.a[index]), self.as_unit(self.b[index])
+        return self.a_map.to_unit(self.a[index]), self.b_map.to_unit(self.b[index])
 
 
 @dataclass
 class PairedData:
     source: str
-    splits: dict[str, PairedImages]
-    split_names: dict[str, list[str]]
+    splits: dict[str, PairedImages]  # a = the model's input, b = its target (after `direction`)
+    split_names: dict[str, list[str]]  # image pairs, or subjects for volumes
+    maps: dict[str, IntensityMap]  # "A" and "B": each folder's mapping, whatever the direction
+    direction: str = "AtoB"
+    subjects: dict[str, list[PairFiles]] | None = None  # volumes: each split's subjects, for whole-volume metrics
+
+    @property
+    def is_volumes(self) -> bool:
+        return self.subjects is not None
+
+    @property
+    def input_side(self) -> str:
+        return self.direction[0]
+
+    @property
+    def target_side(self) -> str:
+        return self.direction[-1]
+
+    def intensity_record(self) -> dict[str, dict[str, float | str]]:
+        """What checkpoints and model cards hold, and `trainer.predict` applies and inverts."""
+        return {side: m.to_dict() for side, m in self.maps.items()}
 
     @property
     def in_channels(self) -> int:
@@ -86,8 +165,10 @@ class PairedData:
 
     @property
     def has_identity_baseline(self) -> bool:
-        """Output = input is a meaningful baseline only when A and B have the same shape."""
-        return self.in_channels == self.out_channels
+        """Output = input is a meaningful baseline only when A and B have the same shape and units
+        (image pixels; volumes only under one shared window, e.g. CBCT -> CT in HU)."""
+        same_units = not self.is_volumes or self.maps["A"] == self.maps["B"]
+        return self.in_channels == self.out_channels and same_units
 
     @property
     def split_hash(self) -> str:
@@ -119,6 +200,18 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _named_files(folder: Path) -> dict[str, Path]:
+    """name -> file for the images and NIfTI volumes of an A/, B/ or mask/ folder."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        name = volume_stem(path) or (path.stem if path.suffix.lower() in IMAGE_SUFFIXES else None)
+        if path.is_file() and name is not None:
+            if name in files:
+                raise UserError(f"{path}: same name as {files[name].name}; one name must be one pair (one subject)")
+            files[name] = path
+    return files
+
+
 def discover_pairs(folder: Path) -> list[PairFiles]:
     """The pairs in one folder, in layout (b) when it has A/ and B/, else layout (a)."""
     a_dir, b_dir = folder / "A", folder / "B"
@@ -126,8 +219,7 @@ def discover_pairs(folder: Path) -> list[PairFiles]:
         if not (a_dir.is_dir() and b_dir.is_dir()):
             missing = b_dir if a_dir.is_dir() else a_dir
             raise UserError(f"{missing}: folder missing; the A/B layout needs both A/ and B/ with matching file names")
-        a_files = {p.stem: p for p in _image_files(a_dir)}
-        b_files = {p.stem: p for p in _image_files(b_dir)}
+        a_files, b_files = _named_files(a_dir), _named_files(b_dir)
         for side, files, other in (("A", a_files, b_files), ("B", b_files, a_files)):
             unmatched = sorted(set(files) - set(other))
             if unmatched:
@@ -137,15 +229,33 @@ def discover_pairs(folder: Path) -> list[PairFiles]:
                     f"{files[unmatched[0]]}: no file of the same name in {other_dir}{more}; "
                     "every A image needs a B image with the same name"
                 )
-        pairs = [PairFiles(stem, a_files[stem], b_files[stem]) for stem in sorted(a_files)]
+        masks = _mask_files(folder, a_files)
+        pairs = [PairFiles(stem, a_files[stem], b_files[stem], masks.get(stem)) for stem in sorted(a_files)]
+        if len({p.is_volume for p in pairs} | {volume_stem(p.b) is not None for p in pairs}) > 1:
+            raise UserError(f"{folder}: mixes NIfTI volumes and 2D images; keep one kind per data set")
     else:
         pairs = [PairFiles(p.stem, p, None) for p in _image_files(folder)]
     if not pairs:
         raise UserError(
-            f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); "
+            f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES) + list(VOLUME_SUFFIXES))}); "
             "use A|B images side by side, or A/ and B/ folders"
         )
     return pairs
+
+
+def _mask_files(folder: Path, a_files: dict[str, Path]) -> dict[str, Path]:
+    """The optional mask/ folder of a volume set: a mask for every subject, or none at all."""
+    mask_dir = folder / MASK_DIR
+    if not mask_dir.is_dir():
+        return {}
+    masks = _named_files(mask_dir)
+    missing = sorted(set(a_files) - set(masks))
+    if missing:
+        raise UserError(
+            f"{mask_dir}: has no mask named {missing[0]} (for {a_files[missing[0]].name}); "
+            "give every subject a mask or remove mask/"
+        )
+    return masks
 
 
 def seeded_split(names: list[str], seed: int) -> dict[str, list[str]]:
@@ -274,6 +384,25 @@ def decode_split(pairs: list[PairFiles], size: int) -> PairedImages:
     return PairedImages(a, b, [p.name for p in pairs], max_value)
 
 
+def decode_volume_split(subjects: list[PairFiles], size: int, options: ReadOptions) -> PairedImages:
+    """The foreground slices of each subject (float32, the volumes' own units), named subject:planeNNN."""
+    a_parts, b_parts, names = [], [], []
+    for pair in subjects:
+        subject = read_subject(pair.name, pair.a, pair.b, pair.mask, options.foreground_threshold)
+        for plane in planes(options.slice_axis):
+            keep = np.flatnonzero(foreground_fractions(subject.foreground, plane) >= options.min_foreground)
+            # Padding takes each volume's minimum, its background (air), so the square adds no edges.
+            a_parts.append(to_square(slice_stack(subject.a, plane)[keep], size, subject.a.min()))
+            b_parts.append(to_square(slice_stack(subject.b, plane)[keep], size, subject.b.min()))
+            names += [f"{pair.name}:{plane}{k:03d}" for k in keep]
+    if not names:
+        raise UserError(
+            f"{subjects[0].a.parent}: no {options.slice_axis} slice of {', '.join(p.name for p in subjects)} has "
+            f"min_foreground {options.min_foreground} of foreground; lower --min_foreground or --foreground_threshold"
+        )
+    return PairedImages(torch.cat(a_parts), torch.cat(b_parts), names, 0)
+
+
 def _unify_channels(splits: dict[str, PairedImages]) -> None:
     """Make every split use the largest channel count seen (a gray file in an RGB set becomes RGB)."""
     for side in ("a", "b"):
@@ -284,6 +413,36 @@ def _unify_channels(splits: dict[str, PairedImages]) -> None:
                 setattr(s, side, x.expand(-1, channels, -1, -1).contiguous())
 
 
+def intensity_maps(train: PairedImages, options: ReadOptions, volumes: bool) -> dict[str, IntensityMap]:
+    """Each side's mapping to [-1, 1]; percentile and minmax see the training split only."""
+    mode = options.intensity
+    if mode == "auto":
+        mode = "percentile" if volumes else "dtype"
+    if mode == "dtype" and volumes:
+        raise UserError("intensity dtype: NIfTI volumes have no fixed value range; use percentile, window or minmax")
+    maps = {}
+    for side, values, window in (("A", train.a, options.window_a), ("B", train.b, options.window_b)):
+        if mode == "dtype":
+            maps[side] = IntensityMap("dtype", 0.0, float(train.max_value))
+        elif mode == "window" and window != (0.0, 0.0):
+            maps[side] = IntensityMap("window", *window)
+        else:  # a side without a window of its own (e.g. MR beside CT in HU) falls back to percentile
+            maps[side] = fit_map("percentile" if mode == "window" else mode, values, side)
+    return maps
+
+
+def warn_12_bit(root: Path, train: PairedImages, maps: dict[str, IntensityMap]) -> None:
+    """12-bit CT / X-ray exports stored as 16-bit files use a sixteenth of the dtype mapping's range."""
+    for side, values in (("A", train.a), ("B", train.b)):
+        if maps[side].mode == "dtype" and train.max_value == 65535 and int(values.max()) < TWELVE_BIT:
+            print(
+                f"warning: {root}: 16-bit {side} images hold values below {TWELVE_BIT} only (12-bit data?), so the "
+                f"network sees a sixteenth of its range; use --intensity percentile, or --intensity window "
+                f"--window_low_{side.lower()} 0 --window_high_{side.lower()} 4095",
+                file=sys.stderr,
+            )
+
+
 def load_paired_data(
     data: str,
     size: int,
@@ -291,21 +450,47 @@ def load_paired_data(
     run_dir: Path | None = None,
     jitter: bool = False,
     max_train_images: int = 0,
+    options: ReadOptions | None = None,
 ) -> PairedData:
-    """Decode every split once. With a run_dir, the split is saved there (and reused when present)."""
+    """Decode every split once. With a run_dir, the split is saved there (and reused when present).
+
+    `options` (intensity, volumes, direction) default to TrainConfig's defaults."""
+    options = options if options is not None else ReadOptions.of(TrainConfig())
     root = resolve_root(data)
     files = find_splits(root, split_seed, run_dir)
-    if max_train_images:
+    volumes = any(p.is_volume for pairs in files.values() for p in pairs)
+    if volumes and not all(p.is_volume for pairs in files.values() for p in pairs):
+        raise UserError(f"{root}: splits mix NIfTI volumes and 2D images; keep one kind per data set")
+    if max_train_images and not volumes:
         files["train"] = files["train"][:max_train_images]
     split_names = {s: [p.name for p in files[s]] for s in SPLITS}
     train_size = round(size * JITTER_SCALE) if jitter else size
-    splits = {s: decode_split(files[s], train_size if s == "train" else size) for s in SPLITS}
-    if len({s.max_value for s in splits.values()}) > 1:  # 8-bit and 16-bit files mixed across splits
-        splits = {s: _rescale(x, 65535) for s, x in splits.items()}
+    sizes = {s: train_size if s == "train" else size for s in SPLITS}
+    if volumes:
+        splits = {s: decode_volume_split(files[s], sizes[s], options) for s in SPLITS}
+        if max_train_images and len(splits["train"]) > max_train_images:
+            splits["train"] = _evenly_spaced(splits["train"], max_train_images)
+    else:
+        splits = {s: decode_split(files[s], sizes[s]) for s in SPLITS}
+        if len({s.max_value for s in splits.values()}) > 1:  # 8-bit and 16-bit files mixed across splits
+            splits = {s: _rescale(x, 65535) for s, x in splits.items()}
+    maps = intensity_maps(splits["train"], options, volumes)
+    if not volumes:
+        warn_12_bit(root, splits["train"], maps)
+    splits = {s: x.with_maps(maps["A"], maps["B"]) for s, x in splits.items()}
+    if options.direction == "BtoA":
+        splits = {s: x.swapped() for s, x in splits.items()}
     _unify_channels(splits)
     if run_dir is not None:
         save_split(run_dir, data, split_names)
-    return PairedData(data, splits, split_names)
+    return PairedData(data, splits, split_names, maps, options.direction, files if volumes else None)
+
+
+def _evenly_spaced(images: PairedImages, count: int) -> PairedImages:
+    """`count` slices spread over the whole training split, so every subject keeps some."""
+    index = torch.linspace(0, len(images) - 1, count).round().long()
+    names = [images.names[i] for i in index.tolist()]
+    return PairedImages(images.a[index], images.b[index], names, images.max_value, images.a_map, images.b_map)
 
 
 def _rescale(images: PairedImages, max_value: int) -> PairedImages:
