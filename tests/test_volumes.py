@@ -296,6 +296,17 @@ def test_evaluate_reports_each_test_subject_in_hu(trained: tuple[Path, Path, Tra
     assert load_torch(run_dir / BEST)["intensity"]["B"] == {"mode": "window", "low": -1000.0, "high": 2000.0}
 
 
+def test_export_config_and_onnx_say_the_hu_window(trained: tuple[Path, Path, TrainConfig]) -> None:
+    import onnx
+
+    _, export, _ = trained
+    config = json.loads((export / "config.json").read_text())
+    assert config["direction"] == "AtoB"
+    assert config["intensity_mapping"]["output"] == {"mode": "window", "low": -1000.0, "high": 2000.0}
+    meta = {p.key: p.value for p in onnx.load(str(export / "generator.onnx")).metadata_props}
+    assert json.loads(meta["intensity_mapping"]) == config["intensity_mapping"]
+
+
 def test_predict_writes_nifti_with_the_inputs_affine_and_header(
     trained: tuple[Path, Path, TrainConfig], tmp_path: Path
 ) -> None:

@@ -64,8 +64,9 @@ ONNX_INPUT, ONNX_OUTPUT = "input", "output"
 PROTOBUF_LIMIT = 2 * 1024**3
 ARCHITECTURE = "pix2pix U-Net generator"
 VALUE_RANGE = (-1.0, 1.0)
-# How pixels become the network's values and back (trainer.data reads, trainer.predict writes). A
-# card may carry its own "intensity_mapping" (a training setting), which then replaces this one.
+# How pixels become the network's values and back (trainer.data reads, trainer.predict writes) for
+# images read by their dtype; a card whose data was mapped otherwise (percentile, window, minmax:
+# trainer.data.intensity) gets that mapping in config.json and the ONNX metadata instead.
 DEFAULT_INTENSITY_MAPPING = {
     "name": "dtype",
     "forward": "x / max_value * 2 - 1, max_value = 255 for 8-bit and 65535 for 16-bit images, per file",
@@ -123,11 +124,28 @@ def model_config(gcfg: GeneratorConfig, card: dict[str, Any]) -> dict[str, Any]:
             "size": gcfg.size,
             "layout": "NCHW",
             "value_range": list(VALUE_RANGE),
-            "intensity_mapping": card.get("intensity_mapping", DEFAULT_INTENSITY_MAPPING),
+            "direction": card.get("direction", "AtoB"),
+            "intensity_mapping": intensity_mapping(card),
             "train_config": card.get("train_config", {}),
             "onnx": {"file": ONNX, "opset": ONNX_OPSET, "input": ONNX_INPUT, "output": ONNX_OUTPUT},
         }
     )
+
+
+def intensity_mapping(card: dict[str, Any]) -> dict[str, Any]:
+    """The card's intensity record (per side A/B, trainer.data.intensity) as input and output mappings."""
+    intensity, direction = card.get("intensity"), card.get("direction", "AtoB")
+    if not intensity:
+        return DEFAULT_INTENSITY_MAPPING
+    sides = {"input": intensity[direction[0]], "output": intensity[direction[-1]]}
+    if all(side["mode"] == "dtype" for side in sides.values()):
+        return DEFAULT_INTENSITY_MAPPING
+    return {
+        "name": "linear",
+        **sides,
+        "forward": "(x - input.low) / (input.high - input.low) * 2 - 1, clipped to [-1, 1]",
+        "inverse": "(y + 1) / 2 * (output.high - output.low) + output.low, in the data's own units (HU for CT)",
+    }
 
 
 def safetensors_metadata(config: dict[str, Any]) -> dict[str, str]:
@@ -137,7 +155,10 @@ def safetensors_metadata(config: dict[str, Any]) -> dict[str, str]:
 
 def onnx_metadata(config: dict[str, Any]) -> dict[str, str]:
     """ONNX metadata properties: what a caller must feed (range, channels, size) and how pixels map."""
-    keys = ("architecture", "value_range", "in_channels", "out_channels", "size", "layout", "intensity_mapping")
+    keys = (
+        "architecture", "value_range", "in_channels", "out_channels", "size", "layout",
+        "direction", "intensity_mapping",
+    )  # fmt: skip
     return {k: config[k] if isinstance(config[k], str) else json.dumps(config[k]) for k in keys}
 
 
