@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: search test demo bench gpu-check lint clean
+.PHONY: search test test-fast demo bench gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ search: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check trainer orchestrator tests
 	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/ruff check trainer orchestrator tests
+	$(BIN)/python -m pytest -m fast $(ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m trainer.train --data builtin:glyphs --size 64 --epochs 5 --ngf 32 --ndf 32 \

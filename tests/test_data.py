@@ -26,6 +26,9 @@ from trainer.data import (
 )
 from trainer.errors import UserError
 
+pytestmark = pytest.mark.fast  # `make test-fast`: no Ray, no search
+
+
 MakeFolder = Callable[..., PairedFolder]
 
 

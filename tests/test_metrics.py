@@ -11,6 +11,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from trainer.metrics import METRIC_NAMES, mae_per_image, per_image_metrics, psnr_per_image, ssim_per_image
 
+pytestmark = pytest.mark.fast  # `make test-fast`: no Ray, no search
+
+
 TOLERANCE = 1e-4
 SIDE = 64
 

@@ -266,6 +266,7 @@ def test_time_budget_ends_running_trials_and_the_best_so_far_is_exported(ray_ses
     assert wall < 25 + 60, f"{wall:.0f} s for a 25 s budget"  # Ray is already up; export and report remain
 
 
+@pytest.mark.fast
 def test_resume_without_name_picks_the_latest_search_of_this_spec_only(tmp_path: Path) -> None:
     for name in ("tiny-20261125-101500", "tiny-gpu-20261126-090000", "tiny-notes"):
         (tmp_path / name).mkdir()
@@ -273,10 +274,12 @@ def test_resume_without_name_picks_the_latest_search_of_this_spec_only(tmp_path:
     assert search.experiment_name(args, str(tmp_path)) == "tiny-20261125-101500"
 
 
+@pytest.mark.fast
 def test_time_budget_reads_durations() -> None:
     assert [parse_duration(v, "x") for v in (600, "90s", "10m", "1.5h", "0")] == [600, 90, 600, 5400, 0]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
