@@ -283,7 +283,7 @@ def test_onnx_is_pinned_and_says_what_to_feed(export_dir: Path) -> None:
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [18]
     assert not any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     meta = {p.key: p.value for p in model.metadata_props}
-    assert meta.pop("layout") == "NCHW" and meta.pop("architecture")
+    assert meta.pop("layout") == "NCHW" and meta.pop("architecture") and meta.pop("direction") == "AtoB"
     meta = {k: json.loads(v) for k, v in meta.items()}
     assert meta["value_range"] == [-1.0, 1.0] and meta["in_channels"] == 1 and meta["out_channels"] == 3
     assert meta["size"] == 32 and "max_value" in meta["intensity_mapping"]["forward"]
