@@ -43,7 +43,7 @@ from orchestrator.progress import LiveTrialTable
 from orchestrator.report import write_report
 from orchestrator.results import summarize_trials, write_optuna_study, write_summary
 from orchestrator.retention import CheckpointRetention
-from orchestrator.runner import QUIET_ENV, STUDY_FILE, make_searcher
+from orchestrator.runner import QUIET_ENV, STUDY_FILE, checkpoint_config, make_searcher
 from orchestrator.spec import DEFAULT_SPEC, SearchSpec, load_spec
 from orchestrator.standin_trial import StandInSettings, run_standin_trial
 from orchestrator.trainable import CHECKPOINT_FILES, PANEL_FILE
@@ -227,7 +227,7 @@ def run_bench(trials: int, args: argparse.Namespace, root: Path) -> BenchRow:
             name=name,
             storage_path=str(root / "ray-results"),
             callbacks=[ClockStart(clock), *ours, ClockStop(clock)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=checkpoint_config(),
             verbose=0,
         ),
     )

@@ -119,7 +119,7 @@ class WandbWorker:
                 continue
             next_notice += DRAIN_PROGRESS_EVERY_S
             print(
-                f"W&B: writing {self.events.qsize()} queued events and closing {len(self.runs)} runs "
+                f"W&B: {self.events.qsize()} events still to write, {len(self.runs)} runs open "
                 f"({time.monotonic() - started:.0f} s so far)",
                 flush=True,
             )
