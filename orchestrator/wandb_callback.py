@@ -76,7 +76,7 @@ class WandbWorker:
         self.mode, self.project, self.group, self.wandb_dir = mode, project, group, wandb_dir
         self.events: queue.Queue[Event] = queue.Queue()
         self.runs: dict[str, RunLogger] = {}
-        self.panels_missed = 0
+        self.checkpoints_missed = 0
         # daemon: a driver that dies must not hang on its logger; on_experiment_end drains it first
         self.thread = threading.Thread(target=self.work, name="wandb-trial-logger", daemon=True)
         self.thread.start()
@@ -102,7 +102,7 @@ class WandbWorker:
             try:
                 panel = read_panel(event.checkpoint)
             except FileNotFoundError:
-                self.panels_missed += 1
+                self.checkpoints_missed += 1
                 return
             if panel is not None:
                 self.runs[event.trial_id].log_image("val_samples", panel, step=event.step, caption=PANEL_CAPTION)
@@ -123,10 +123,10 @@ class WandbWorker:
                 f"({time.monotonic() - started:.0f} s so far)",
                 flush=True,
             )
-        if self.panels_missed:
+        if self.checkpoints_missed:
             print(
-                f"warning: {self.panels_missed} sample panels were gone before W&B read them (Tune had "
-                "replaced their checkpoint: the logger was more than one epoch behind)",
+                f"warning: {self.checkpoints_missed} checkpoints were gone before W&B looked for their sample panel "
+                "(Tune or the retention had deleted them: the logger was more than one epoch behind)",
                 flush=True,
             )
 
