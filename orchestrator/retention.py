@@ -1,11 +1,12 @@
 """Disk per trial: what of a trial's checkpoints stays once the trial has ended.
 
-While a trial runs, Tune keeps only its latest checkpoint (`CheckpointConfig(num_to_keep=1)`):
-the full state to continue from (`last.pt`: G, D, both optimizers, RNG), the best epoch's generator
-(`best_generator.pt`) and the split. Once the trial has ended, nothing will continue it, so the full
-state goes, and only the `keep_generators` best trials keep their best generator (the one the
-export takes, and the ones a user may want to evaluate later). `keep_full_state` keeps everything.
-Failed and interrupted trials keep everything: `--resume` continues them from `last.pt`.
+While a trial runs, Tune keeps its two latest checkpoints (orchestrator.runner.checkpoint_config
+says why two); each holds the full state to continue from (`last.pt`: G, D, both optimizers, RNG),
+the best epoch's generator (`best_generator.pt`) and the split. Once the trial has ended, nothing
+will continue it, so only the latest checkpoint stays, without the full state, and only the
+`keep_generators` best trials keep their best generator (the one the export takes, and the ones a
+user may want to evaluate later). `keep_full_state` keeps everything. Failed and interrupted trials
+keep everything: `--resume` continues them from `last.pt`.
 
 At 64 px with ngf 32 a full checkpoint is about 90 MB and a generator 29 MB; at 256 px with ngf 64,
 about 870 MB and 218 MB.
@@ -34,13 +35,13 @@ class CheckpointRetention(tune.Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for trial in trials:  # trials the time budget ended get no on_trial_complete
             if self.endings.ended.get(trial.trial_id) == BUDGET and trial.trial_id not in self.kept:
-                self.drop_unreported_checkpoints(trial)
                 self.trim(trial)
 
     @staticmethod
-    def drop_unreported_checkpoints(trial: Any) -> None:
-        """A trial stopped by the budget may have written the checkpoint of an epoch whose result the
-        driver never processed (Tune keeps no record of it, so nothing would ever delete it)."""
+    def drop_older_checkpoints(trial: Any) -> None:
+        """Every checkpoint folder of the ended trial but its latest: the one before it that Tune
+        kept, and, for a trial the budget stopped, the checkpoint of an epoch whose result the driver
+        never processed (Tune keeps no record of it, so nothing would ever delete it)."""
         import pyarrow.fs
 
         fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
@@ -53,6 +54,7 @@ class CheckpointRetention(tune.Callback):
         checkpoint = trial.checkpoint
         if checkpoint is None or self.keep_full_state:
             return
+        self.drop_older_checkpoints(trial)
         fs = checkpoint.filesystem
         delete(fs, f"{checkpoint.path}/{LAST}")
         self.kept[trial.trial_id] = ((trial.last_result or {}).get("best_val_ssim", float("-inf")), checkpoint.path)
@@ -71,4 +73,3 @@ def delete(fs: Any, path: str) -> None:
     """Delete a file on Tune's storage (local or remote); a file already gone is fine."""
     if fs.get_file_info(path).type.name == "File":
         fs.delete_file(path)
-

@@ -4,11 +4,21 @@ Logging from the driver rather than inside the trials is deliberate: Ray ends a 
 scheduler stops at once, and a W&B run living in that worker would lose what it had not flushed
 (seen here: ASHA-stopped trials left empty offline runs). The driver sees every result, every
 checkpoint (with its sample panel) and every ending, whatever the node the trial ran on.
+
+The W&B work itself (opening a run: about a second; logging; reading the panel PNG; finishing and
+waiting for the log to reach disk) runs on one background thread. Tune calls its callbacks on its
+event loop, and every second spent there delays every trial's next decision: opening runs inside
+on_trial_result blocked it up to 2.1 s on each trial's first result. The callback methods only put
+events on the thread's queue; one thread in arrival order keeps each trial's events in order.
 """
 
 from __future__ import annotations
 
 import io
+import queue
+import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,11 +34,107 @@ LOGGED_KEYS = (
     "epoch", "G_GAN", "G_L1", "D_real", "D_fake", "val_ssim", "val_psnr", "val_mae",
     "lr_G", "lr_D", "best_val_ssim", "best_epoch", "epoch_seconds", "images_per_s",
 )  # fmt: skip
+PANEL_CAPTION = "input | output | target"
+DRAIN_NOTICE_S = 1.0  # at the end, say what we wait for once the wait is long enough to notice
+DRAIN_PROGRESS_EVERY_S = 10.0
+
+
+# The events the callback hands to the worker thread, in the order Tune reported them.
+@dataclass(frozen=True)
+class OpenRun:
+    trial_id: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LogMetrics:
+    trial_id: str
+    metrics: dict[str, Any]
+    step: int
+
+
+@dataclass(frozen=True)
+class LogPanel:
+    trial_id: str
+    checkpoint: Any  # a tune.Checkpoint; its panel is read on the worker thread, off Tune's loop
+    step: int
+
+
+@dataclass(frozen=True)
+class FinishRun:
+    trial_id: str
+    summary: dict[str, Any]
+
+
+Event = OpenRun | LogMetrics | LogPanel | FinishRun
+
+
+class WandbWorker:
+    """The thread that owns the open W&B runs and does all W&B and panel-file work, one event at a time."""
+
+    def __init__(self, mode: str, project: str, group: str, wandb_dir: str) -> None:
+        self.mode, self.project, self.group, self.wandb_dir = mode, project, group, wandb_dir
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.runs: dict[str, RunLogger] = {}
+        self.checkpoints_missed = 0
+        # daemon: a driver that dies must not hang on its logger; on_experiment_end drains it first
+        self.thread = threading.Thread(target=self.work, name="wandb-trial-logger", daemon=True)
+        self.thread.start()
+
+    def work(self) -> None:
+        while True:
+            event = self.events.get()
+            try:
+                self.handle(event)
+            except Exception as err:  # one failed W&B call must not stop the logging of every other trial
+                print(f"warning: W&B {type(event).__name__} for trial {event.trial_id} failed: {err}", flush=True)
+            finally:
+                self.events.task_done()
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, OpenRun):
+            self.runs[event.trial_id] = open_trial_logger(
+                self.mode, self.project, self.group, event.trial_id, event.config, self.wandb_dir
+            )
+        elif isinstance(event, LogMetrics):
+            self.runs[event.trial_id].log_metrics(event.metrics, step=event.step)
+        elif isinstance(event, LogPanel):
+            try:
+                panel = read_panel(event.checkpoint)
+            except FileNotFoundError:
+                self.checkpoints_missed += 1
+                return
+            if panel is not None:
+                self.runs[event.trial_id].log_image("val_samples", panel, step=event.step, caption=PANEL_CAPTION)
+        else:
+            self.runs.pop(event.trial_id).finish(event.summary)
+
+    def drain(self) -> None:
+        """Wait until every queued event is done, with a progress line when that takes a while."""
+        started = time.monotonic()
+        next_notice = started + DRAIN_NOTICE_S
+        while self.events.unfinished_tasks:
+            time.sleep(0.05)
+            if time.monotonic() < next_notice:
+                continue
+            next_notice += DRAIN_PROGRESS_EVERY_S
+            print(
+                f"W&B: {self.events.qsize()} events still to write, {len(self.runs)} runs open "
+                f"({time.monotonic() - started:.0f} s so far)",
+                flush=True,
+            )
+        if self.checkpoints_missed:
+            print(
+                f"warning: {self.checkpoints_missed} checkpoints were gone before W&B looked for their sample panel "
+                "(Tune or the retention had deleted them: the logger was more than one epoch behind)",
+                flush=True,
+            )
 
 
 class WandbTrialLogger(tune.Callback):
-    """Pickled with Tune's experiment state, so open runs are dropped on pickling and reopened
-    (same run id, resumed) when a restored search reports again."""
+    """Pickled with Tune's experiment state, so the worker (its thread, queue and open runs) is dropped
+    on pickling and started again on first use; a restored search reopens each trial's run (same run
+    id, resumed) when the trial reports again."""
 
     def __init__(
         self,
@@ -42,28 +148,29 @@ class WandbTrialLogger(tune.Callback):
     ):
         self.mode, self.project, self.group, self.wandb_dir = mode, project, group, wandb_dir
         self.fixed, self.epochs, self.endings = fixed, epochs, endings
-        self._runs: dict[str, RunLogger] = {}
+        self._worker: WandbWorker | None = None
+        self._open: set[str] = set()  # trials whose run the worker has been told to open
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}}
+        return {**self.__dict__, "_worker": None, "_open": set()}
 
-    def run_for(self, trial: Any) -> RunLogger:
-        if trial.trial_id not in self._runs:
+    def send(self, trial: Any, event: Event) -> None:
+        if self._worker is None:
+            self._worker = WandbWorker(self.mode, self.project, self.group, self.wandb_dir)
+        if trial.trial_id not in self._open:
+            self._open.add(trial.trial_id)
             config = {**self.fixed, **trial.config, "trial_id": trial.trial_id}
-            self._runs[trial.trial_id] = open_trial_logger(
-                self.mode, self.project, self.group, trial.trial_id, config, self.wandb_dir
-            )
-        return self._runs[trial.trial_id]
+            self._worker.events.put(OpenRun(trial.trial_id, config))
+        self._worker.events.put(event)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         metrics = {k: result[k] for k in LOGGED_KEYS if k in result}
-        self.run_for(trial).log_metrics(metrics, step=int(result["epoch"]))
+        self.send(trial, LogMetrics(trial.trial_id, metrics, step=int(result["epoch"])))
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        panel = read_panel(checkpoint)
-        if panel is not None:
-            step = int(trial.last_result.get("epoch", 0))
-            self.run_for(trial).log_image("val_samples", panel, step=step, caption="input | output | target")
+        # Every checkpoint goes: the worker finds out whether this epoch saved a panel.
+        step = int(trial.last_result.get("epoch", 0))
+        self.send(trial, LogPanel(trial.trial_id, checkpoint, step))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finish(trial)
@@ -73,10 +180,13 @@ class WandbTrialLogger(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for trial in trials:  # the time budget or Ctrl-C ended these: no on_trial_complete came
-            if trial.trial_id in self._runs:
+            if trial.trial_id in self._open:
                 self.finish(trial)
+        if self._worker is not None:
+            self._worker.drain()
 
     def finish(self, trial: Any) -> None:
+        """Queue the run's end with its summary, taken now: the trial's record may change later."""
         result = trial.last_result or {}
         ending = self.endings.ended.get(trial.trial_id)
         summary = {
@@ -87,14 +197,17 @@ class WandbTrialLogger(tune.Callback):
         }
         if ending == ERROR:
             summary["error"] = error_line(trial.get_error())
-        self.run_for(trial).finish({k: v for k, v in summary.items() if v is not None})
-        del self._runs[trial.trial_id]
+        self.send(trial, FinishRun(trial.trial_id, {k: v for k, v in summary.items() if v is not None}))
+        self._open.discard(trial.trial_id)
 
 
 def read_panel(checkpoint: Any) -> np.ndarray | None:
-    """The sample panel saved in a reported checkpoint (local or remote storage), if this epoch has one."""
-    path = f"{checkpoint.path}/{PANEL_FILE}"
-    if checkpoint.filesystem.get_file_info(path).type.name != "File":
+    """The sample panel saved in a reported checkpoint (local or remote storage), None when this
+    epoch saved none. FileNotFoundError when Tune has deleted the checkpoint since it was reported."""
+    fs, path = checkpoint.filesystem, f"{checkpoint.path}/{PANEL_FILE}"
+    if fs.get_file_info(checkpoint.path).type.name == "NotFound":
+        raise FileNotFoundError(checkpoint.path)
+    if fs.get_file_info(path).type.name != "File":
         return None
-    with checkpoint.filesystem.open_input_stream(path) as stream:
+    with fs.open_input_stream(path) as stream:  # FileNotFoundError too if deleted since the check
         return np.asarray(Image.open(io.BytesIO(stream.read())).convert("RGB"))

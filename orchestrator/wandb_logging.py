@@ -201,6 +201,9 @@ def start_run(
         console="off",  # Ray already captures worker output; a second capture only duplicates it
         x_disable_stats=True,  # no system-metrics sampler thread per trial
         silent=True,  # no banner per trial; the search prints the sync command once
+        # The installed packages are the same for every run of a search: its own run records them.
+        # Listing them was most of a trial run's start (profiled in orchestrator.bench_driver).
+        x_save_requirements=job_type != "trial",
     )
     return wandb.init(
         project=project,
