@@ -9,12 +9,13 @@ every epoch and the theoretical minimum is exact:
 
     theoretical = ceil(trials / concurrent) * epochs * epoch_seconds
 
-After the fit it writes the summary, the Optuna study and the HTML report, as the search does, and
-times them apart. Per trial count it prints a markdown table: the fit's overhead over the
-theoretical minimum, the post-fit time, and the driver's time per result (the time Tune spends in
-our callbacks for one reported epoch: on_trial_result and on_checkpoint, median and p99), measured by
-a clock callback before ours and one after them. Ray's own release tests accept about 20% over the
-theoretical minimum; our goals are <= 20% at 500 trials with 64 at once and <= 50 ms median per result.
+The Optuna study is written during the fit by its callback; after the fit it writes the summary
+and the HTML report, as the search does, and times them apart. Per trial count it prints a markdown
+table: the fit's overhead over the theoretical minimum, the post-fit time, and the driver's time
+per result (the time Tune spends in our callbacks for one reported epoch: on_trial_result and
+on_checkpoint, median and p99), measured by a clock callback before ours and one after them.
+Ray's own release tests accept about 20% over the theoretical minimum; our goals are <= 20% at
+500 trials with 64 at once and <= 50 ms median per result.
 """
 
 from __future__ import annotations
@@ -39,15 +40,14 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from orchestrator.endings import TrialEndings
-from orchestrator.progress import LiveTrialTable
+from orchestrator.ray_output import result_loggers
 from orchestrator.report import write_report
-from orchestrator.results import summarize_trials, write_optuna_study, write_summary
-from orchestrator.retention import CheckpointRetention
-from orchestrator.runner import QUIET_ENV, STUDY_FILE, checkpoint_config, make_searcher
+from orchestrator.results import summarize_trials, write_summary
+from orchestrator.runner import QUIET_ENV, checkpoint_config, make_searcher, search_callbacks
 from orchestrator.spec import DEFAULT_SPEC, SearchSpec, load_spec
 from orchestrator.standin_trial import StandInSettings, run_standin_trial
 from orchestrator.trainable import CHECKPOINT_FILES, PANEL_FILE
-from orchestrator.wandb_callback import LOGGED_KEYS, WandbTrialLogger
+from orchestrator.wandb_callback import LOGGED_KEYS
 from orchestrator.wandb_logging import sync_command
 from trainer.errors import UserError, exits_cleanly_on_user_error
 
@@ -120,7 +120,7 @@ class BenchRow:
     startup_seconds: float
     driver_cpu_seconds: float  # the driver process's CPU time during the fit (all its threads)
     experiment_end_seconds: float  # inside the fit: the callbacks' on_experiment_end (W&B drain)
-    post_fit_seconds: float  # summary, Optuna study and report
+    post_fit_seconds: float  # summary and report (the study is written during the fit)
     reuse_actors: bool
     results: int
     per_result: list[float]
@@ -206,14 +206,8 @@ def run_bench(trials: int, args: argparse.Namespace, root: Path) -> BenchRow:
         image_every=spec.search.image_every,
     )
     clock = DriverClock()
-    # The same callbacks, in the same order, as orchestrator.runner.run_search builds.
-    endings = TrialEndings(spec.search.time_budget, out_dir)
-    ours = [
-        endings,
-        CheckpointRetention(endings, spec.search.keep_generators, spec.search.keep_full_state),
-        LiveTrialTable(tuple(spec.space), args.epochs, endings),
-        WandbTrialLogger(args.wandb, PROJECT, name, str(out_dir), spec.train, args.epochs, endings),
-    ]
+    # The search's own callbacks (the Optuna study is written by one of them, inside the fit).
+    ours = search_callbacks(spec, name, out_dir, args.wandb, PROJECT, args.epochs)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(run_standin_trial, settings=settings), {"cpu": 1}),
         tune_config=tune.TuneConfig(
@@ -226,7 +220,7 @@ def run_bench(trials: int, args: argparse.Namespace, root: Path) -> BenchRow:
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(root / "ray-results"),
-            callbacks=[ClockStart(clock), *ours, ClockStop(clock)],
+            callbacks=[ClockStart(clock), *ours, ClockStop(clock), *result_loggers()],
             checkpoint_config=checkpoint_config(),
             verbose=0,
         ),
@@ -239,7 +233,6 @@ def run_bench(trials: int, args: argparse.Namespace, root: Path) -> BenchRow:
         raise RuntimeError("the clock callbacks saw no result: Tune ran copies of them")
     started = time.perf_counter()
     summary_trials = summarize_trials(results, args.epochs, TrialEndings.read(out_dir))
-    write_optuna_study(out_dir / STUDY_FILE, name, spec, summary_trials)
     wandb_info = (
         None
         if args.wandb == "off"

@@ -116,6 +116,21 @@ def build_tuner(
     )
 
 
+def search_callbacks(
+    spec: SearchSpec, name: str, out_dir: Path, wandb_mode: str, wandb_project: str, epochs: int
+) -> list[tune.Callback]:
+    """The driver's callbacks, in order (orchestrator.bench_driver times these same ones).
+    TrialEndings first: the others read its record of how each trial ended."""
+    endings = TrialEndings(spec.search.time_budget, out_dir)
+    return [
+        endings,
+        CheckpointRetention(endings, spec.search.keep_generators, spec.search.keep_full_state),
+        LiveTrialTable(tuple(spec.space), epochs, endings),
+        WandbTrialLogger(wandb_mode, wandb_project, name, str(out_dir), spec.train, epochs, endings),
+        StudyWriter(str(out_dir), name, spec.distributions(), epochs, endings),
+    ]
+
+
 def experiment_exists(experiment_path: str) -> bool:
     """A local folder, or a folder on remote storage (s3://, gs://, file://) that pyarrow can see."""
     if "://" not in experiment_path:
@@ -143,15 +158,7 @@ def run_search(
     settings = TrialSettings(
         fixed=spec.train, stop_patience=spec.search.stop_patience, image_every=spec.search.image_every
     )
-    # TrialEndings first: the other callbacks read its record of how each trial ended.
-    endings = TrialEndings(spec.search.time_budget, out_dir)
-    callbacks = [
-        endings,
-        CheckpointRetention(endings, spec.search.keep_generators, spec.search.keep_full_state),
-        LiveTrialTable(tuple(spec.space), cfg.epochs, endings),
-        WandbTrialLogger(wandb_mode, args.wandb_project, name, str(wandb_dir), spec.train, cfg.epochs, endings),
-        StudyWriter(str(out_dir), name, spec.distributions(), cfg.epochs, endings),
-    ]
+    callbacks = search_callbacks(spec, name, out_dir, wandb_mode, args.wandb_project, cfg.epochs)
     budget = f", time budget {format_duration(spec.search.time_budget)}" if spec.search.time_budget else ""
     console.print(
         f"[bold]search[/] {name}: {spec.search.num_samples} trials of {cfg.epochs} epochs on {cfg.data} "
