@@ -24,6 +24,8 @@ from ray import tune
 from trainer.checkpoint import write_json
 
 COMPLETE, ERROR, BUDGET, INTERRUPTED = "complete", "error", "budget", "interrupted"
+
+
 class TrialEndings(tune.Callback):
     """Records why each trial stopped running; `budget_seconds` 0 means the search has no budget."""
 

@@ -97,9 +97,7 @@ def tiny_search(storage: Path) -> str:
     wall = time.perf_counter() - started
     out = storage / "gpu-check"
     if done.returncode != 0 or not (out / "best" / "model_card.json").exists():
-        raise RuntimeError(
-            f"the search failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        )
+        raise RuntimeError(f"the search failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
     card = json.loads((out / "best" / "model_card.json").read_text())
     statuses = [t["status"] for t in summary["trials"]]

@@ -32,6 +32,16 @@ def _number(value: Any) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
+def saved_best(checkpointed: dict[str, Any] | None) -> tuple[float | None, int | None]:
+    """(best val SSIM, best epoch) as of the trial's latest checkpoint that Tune registered: what the
+    export can load. The last result can be an epoch ahead of it: Tune registers a checkpoint one
+    event-loop step after its result, and a time budget or Ctrl-C between the two drops that epoch's
+    checkpoint. `checkpointed` is the metrics reported with that checkpoint (None when there is none)."""
+    if not checkpointed or checkpointed.get("best_val_ssim") is None:
+        return None, None
+    return _number(checkpointed["best_val_ssim"]), int(checkpointed["best_epoch"])
+
+
 def summarize_trials(
     results: Any,
     epochs: int,
@@ -57,6 +67,8 @@ def summarize_trials(
         trial_id = metrics.get("trial_id", Path(result.path).name)
         ending = ERROR if result.error is not None else endings.get(trial_id)
         status = end_reason(epochs_run, epochs, bool(metrics.get("plateau_stop")), ending)
+        # Result.best_checkpoints is in reporting order (no score attribute): the last is the latest.
+        best_val_ssim, best_epoch = saved_best(result.best_checkpoints[-1][1] if result.best_checkpoints else None)
         reason = {
             FINISHED: f"ran all {epochs} epochs",
             "stopped_asha": f"stopped by ASHA after epoch {epochs_run}",
@@ -73,8 +85,8 @@ def summarize_trials(
                 "params": dict(metrics.get("config") or {}),
                 "history": history,
                 "epochs": epochs_run,
-                "best_val_ssim": _number(metrics.get("best_val_ssim")),
-                "best_epoch": int(metrics["best_epoch"]) if "best_epoch" in metrics else None,
+                "best_val_ssim": best_val_ssim,
+                "best_epoch": best_epoch,
                 "node_id": metrics.get("node_id"),
                 "gpu_ids": metrics.get("gpu_ids"),
             }

@@ -36,7 +36,7 @@ import optuna
 from ray import tune
 
 from orchestrator.endings import BUDGET, ERROR, TrialEndings
-from orchestrator.results import error_line
+from orchestrator.results import error_line, saved_best
 from orchestrator.trainable import PANEL_FILE, end_reason
 
 STUDY_FILE = "optuna.db"
@@ -147,10 +147,11 @@ class StudyWriter(tune.Callback):
         ending = self.endings.ended.get(trial.trial_id)
         failed = ending == ERROR
         reason = end_reason(int(result.get("epoch", 0)), self.epochs, bool(result.get("plateau_stop")), ending)
-        best = result.get("best_val_ssim")
+        saved = trial.latest_checkpoint_result
+        best, best_epoch = saved_best(saved.metrics if saved else None)
         user_attrs = {"trial_id": trial.trial_id, "end_reason": reason}
         if best is not None:
-            user_attrs.update(best_val_ssim=float(best), best_epoch=int(result["best_epoch"]))
+            user_attrs.update(best_val_ssim=best, best_epoch=best_epoch)
         if failed:
             user_attrs["error"] = error_line(trial.get_error())
         params = {k: v for k, v in trial.config.items() if k in self.distributions}

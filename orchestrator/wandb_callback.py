@@ -26,7 +26,7 @@ from PIL import Image
 from ray import tune
 
 from orchestrator.endings import ERROR, TrialEndings
-from orchestrator.results import error_line
+from orchestrator.results import error_line, saved_best
 from orchestrator.trainable import PANEL_FILE, end_reason
 from orchestrator.wandb_logging import RunLogger, open_trial_logger
 
@@ -189,9 +189,11 @@ class WandbTrialLogger(tune.Callback):
         """Queue the run's end with its summary, taken now: the trial's record may change later."""
         result = trial.last_result or {}
         ending = self.endings.ended.get(trial.trial_id)
+        saved = trial.latest_checkpoint_result
+        best_val_ssim, best_epoch = saved_best(saved.metrics if saved else None)
         summary = {
-            "best_val_ssim": result.get("best_val_ssim"),
-            "best_epoch": result.get("best_epoch"),
+            "best_val_ssim": best_val_ssim,
+            "best_epoch": best_epoch,
             "epochs": result.get("epoch", 0),
             "end_reason": end_reason(result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")), ending),
         }

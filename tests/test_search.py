@@ -262,6 +262,11 @@ def test_time_budget_ends_running_trials_and_the_best_so_far_is_exported(ray_ses
     card = json.loads((experiment / "best" / CARD).read_text())
     best = max((t for t in summary["trials"] if t["epochs"]), key=lambda t: t["best_val_ssim"])
     assert card["trial_id"] == best["trial_id"] and card["epoch"] == best["best_epoch"]
+    # The budget can end a trial between its last result and Tune registering that result's checkpoint:
+    # the summary, the study and the card all name the saved best epoch, the one exported.
+    study = optuna.load_study(study_name="budget", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert study.best_trial.user_attrs["trial_id"] == card["trial_id"]
+    assert study.best_trial.user_attrs["best_epoch"] == card["epoch"]
     assert not list(experiment.rglob(LAST))  # budget-ended trials are trimmed like finished ones
     assert wall < 25 + 60, f"{wall:.0f} s for a 25 s budget"  # Ray is already up; export and report remain
 
