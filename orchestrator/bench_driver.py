@@ -40,6 +40,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from orchestrator.endings import TrialEndings
+from orchestrator.outcomes import SearchState
 from orchestrator.ray_output import result_loggers
 from orchestrator.report import write_report
 from orchestrator.results import summarize_trials, write_summary
@@ -238,7 +239,7 @@ def run_bench(trials: int, args: argparse.Namespace, root: Path) -> BenchRow:
         if args.wandb == "off"
         else {"mode": args.wandb, "project": PROJECT, "dir": str(out_dir), "sync_command": sync_command(out_dir)}
     )
-    write_summary(out_dir, name, spec, summary_trials, None, fit_seconds, wandb_info)
+    write_summary(out_dir, name, spec, SearchState.FINISHED, summary_trials, None, fit_seconds, wandb_info)
     write_report(out_dir)
     post_fit_seconds = time.perf_counter() - started
     epochs_run = sum(t["epochs"] for t in summary_trials)

@@ -31,11 +31,12 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.endings import TrialEndings
+from orchestrator.outcomes import SEARCH_METRIC, EndReason
 from orchestrator.progress import LiveTrialTable
 from orchestrator.results import summarize_trials
-from orchestrator.runner import QUIET_ENV, SEARCH_METRIC, make_scheduler, make_searcher, make_trainable, start_ray
+from orchestrator.runner import QUIET_ENV, make_scheduler, make_searcher, make_trainable, start_ray
 from orchestrator.spec import DEFAULT_SPEC, SearchSpec, load_spec
-from orchestrator.trainable import FINISHED, TrialSettings
+from orchestrator.trainable import TrialSettings
 from trainer.errors import exits_cleanly_on_user_error
 
 console = Console(width=max(Console().width, 100))  # no wrapped rows in logs
@@ -70,7 +71,7 @@ class Outcome:
         return curve[-1] if curve else math.nan
 
     def stopped_early(self) -> int:
-        return sum(t["status"] not in (FINISHED, "failed") for t in self.trials)
+        return sum(t["status"] not in (EndReason.FINISHED, EndReason.FAILED) for t in self.trials)
 
 
 def random_searcher(spec: SearchSpec) -> OptunaSearch:

@@ -14,16 +14,53 @@ runs the callback objects it unpickled, not ones the driver holds).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
+from orchestrator.outcomes import Ending
 from trainer.checkpoint import write_json
 
-COMPLETE, ERROR, BUDGET, INTERRUPTED = "complete", "error", "budget", "interrupted"
+# Set by the first Ctrl-C of this driver process. Module state, not an attribute: a resumed search runs
+# the TrialEndings that Tune unpickled, which must see the Ctrl-C of this process.
+CTRL_C = threading.Event()
+
+
+@contextlib.contextmanager
+def ctrl_c_stops_the_search() -> Iterator[None]:
+    """While Tune runs: the first Ctrl-C asks Tune to stop as a time budget would, saving the
+    experiment's state one last time so that --resume continues it; a second Ctrl-C quits at once
+    (KeyboardInterrupt; --resume still works from Tune's last periodic save).
+
+    Tune's own SIGINT handler cannot tell us it fired, so we take SIGINT and hand Tune its other stop
+    signal, SIGUSR1, which it handles the same way while its loop runs.
+    """
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    CTRL_C.clear()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        tune_listens = signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        if CTRL_C.is_set() or not tune_listens:
+            raise KeyboardInterrupt
+        CTRL_C.set()
+        print("\nCtrl-C: stopping the search and saving its state (Ctrl-C again to quit at once)", file=sys.stderr)
+        signal.raise_signal(signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGINT, on_sigint), signal.getsignal(signal.SIGUSR1)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGUSR1, previous[1])
 
 
 class TrialEndings(tune.Callback):
@@ -51,13 +88,13 @@ class TrialEndings(tune.Callback):
         self.ended.pop(trial.trial_id, None)  # an errored or interrupted trial started again
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.ended[trial.trial_id] = COMPLETE
+        self.ended[trial.trial_id] = Ending.COMPLETE
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.ended[trial.trial_id] = ERROR
+        self.ended[trial.trial_id] = Ending.ERROR
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        cut_short = BUDGET if self.budget_spent() else INTERRUPTED
+        cut_short = Ending.BUDGET if self.budget_spent() and not CTRL_C.is_set() else Ending.INTERRUPTED
         for trial in trials:
             if trial.trial_id not in self.ended and trial.status in ("TERMINATED", "RUNNING", "PAUSED"):
                 self.ended[trial.trial_id] = cut_short

@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator.endings import TrialEndings
-from orchestrator.trainable import end_reason
+from orchestrator.outcomes import end_reason
 
 SHOWN_PARAMS = ("lambda_l1", "dropout", "lr_G", "lr_D")
 STATUS_STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim", "PAUSED": "yellow"}

@@ -12,9 +12,8 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from orchestrator.endings import ERROR
+from orchestrator.outcomes import EPOCH_KEYS, Ending, EndReason, SearchState, describe_end, end_reason
 from orchestrator.spec import SearchSpec, format_duration
-from orchestrator.trainable import FAILED, FINISHED, INTERRUPTED, STOPPED_BUDGET, end_reason
 from trainer.checkpoint import BEST_GENERATOR, load_torch, write_json
 from trainer.config import TrainConfig
 from trainer.errors import UserError
@@ -22,7 +21,6 @@ from trainer.evaluate import evaluate_volumes
 from trainer.export import export_generator, generator_from_checkpoint
 from trainer.loop import MEAN_IMAGE, baseline_metrics, evaluate, load_run_data, pick_device
 
-HISTORY_KEYS = ("epoch", "G_GAN", "G_L1", "D_real", "D_fake", "val_ssim", "val_psnr", "val_mae", "lr_G", "lr_D")
 SUMMARY_FILE = "summary.json"
 GRID_SAMPLES = 8
 VERSIONED_PACKAGES = ("torch", "torchvision", "ray", "optuna", "wandb", "scikit-image", "onnx", "onnxruntime")
@@ -49,11 +47,11 @@ def summarize_trials(
     budget_seconds: float = 0.0,
     extra_history_keys: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """One record per Tune trial: status, why it ended, params, per-epoch history (HISTORY_KEYS and
+    """One record per Tune trial: status, why it ended, params, per-epoch history (EPOCH_KEYS and
     any extra columns of Tune's results, such as its timestamp). `endings` is the driver's record of
     how each trial ended (orchestrator.endings.TrialEndings.read)."""
     endings = endings or {}
-    keys = HISTORY_KEYS + extra_history_keys
+    keys = EPOCH_KEYS + extra_history_keys
     trials = []
     for result in results:
         metrics = result.metrics or {}
@@ -65,18 +63,18 @@ def summarize_trials(
                     history.append({k: _number(row[k]) for k in keys if k in row})
         epochs_run = int(metrics.get("epoch", 0))
         trial_id = metrics.get("trial_id", Path(result.path).name)
-        ending = ERROR if result.error is not None else endings.get(trial_id)
+        ending = Ending.ERROR if result.error is not None else endings.get(trial_id)
         status = end_reason(epochs_run, epochs, bool(metrics.get("plateau_stop")), ending)
         # Result.best_checkpoints is in reporting order (no score attribute): the last is the latest.
         best_val_ssim, best_epoch = saved_best(result.best_checkpoints[-1][1] if result.best_checkpoints else None)
-        reason = {
-            FINISHED: f"ran all {epochs} epochs",
-            "stopped_asha": f"stopped by ASHA after epoch {epochs_run}",
-            "stopped_plateau": f"no val SSIM gain for the last {epochs_run - int(metrics.get('best_epoch', 0))} epochs",
-            STOPPED_BUDGET: f"the time budget ({format_duration(budget_seconds)}) ended it in epoch {epochs_run + 1}",
-            INTERRUPTED: f"the search was interrupted during epoch {epochs_run + 1}",
-            FAILED: error_line(result.error),
-        }[status]
+        reason = describe_end(
+            status,
+            epochs_run,
+            epochs,
+            int(metrics.get("best_epoch", 0)),
+            format_duration(budget_seconds),
+            error_line(result.error),
+        )
         trials.append(
             {
                 "trial_id": trial_id,
@@ -129,7 +127,7 @@ def export_best(
     """Evaluate the best trial's best epoch on the test split and export its generator."""
     # A failed trial is not exported even if it scored before failing: the study holds it as FAIL, and
     # the exported trial must be the study's best_trial.
-    scored = [t for t in trials if t["best_val_ssim"] is not None and t["status"] != FAILED]
+    scored = [t for t in trials if t["best_val_ssim"] is not None and t["status"] != EndReason.FAILED]
     if not scored:
         return None
     best = max(scored, key=lambda t: t["best_val_ssim"])
@@ -195,6 +193,7 @@ def write_summary(
     out_dir: Path,
     name: str,
     spec: SearchSpec,
+    state: SearchState,
     trials: list[dict[str, Any]],
     best: dict[str, Any] | None,
     wall_seconds: float,
@@ -203,6 +202,7 @@ def write_summary(
     cfg = spec.trial_config({})
     summary = {
         "name": name,
+        "state": state,
         "metric": "val_ssim",
         "mode": "max",
         "data": cfg.data,
@@ -246,6 +246,6 @@ def render_summary(summary: dict[str, Any]) -> Table:
         table.add_row(label, *(f"{values[f'{prefix}_{m}']:.4f}" for m in ("ssim", "psnr", "mae")))
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
     table.caption = f"params: {params}\nstopped or failed trials: " + "; ".join(
-        f"{t['trial_id']} {t['status']}" for t in summary["trials"] if t["status"] != FINISHED
+        f"{t['trial_id']} {t['status']}" for t in summary["trials"] if t["status"] != EndReason.FINISHED
     )
     return table

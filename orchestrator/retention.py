@@ -18,7 +18,8 @@ from typing import Any
 
 from ray import tune
 
-from orchestrator.endings import BUDGET, TrialEndings
+from orchestrator.endings import TrialEndings
+from orchestrator.outcomes import Ending
 from trainer.checkpoint import BEST_GENERATOR, LAST
 
 
@@ -34,7 +35,7 @@ class CheckpointRetention(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for trial in trials:  # trials the time budget ended get no on_trial_complete
-            if self.endings.ended.get(trial.trial_id) == BUDGET and trial.trial_id not in self.kept:
+            if self.endings.ended.get(trial.trial_id) == Ending.BUDGET and trial.trial_id not in self.kept:
                 self.trim(trial)
 
     @staticmethod

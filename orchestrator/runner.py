@@ -16,13 +16,14 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 
-from orchestrator.endings import TrialEndings
+from orchestrator.endings import CTRL_C, TrialEndings, ctrl_c_stops_the_search
+from orchestrator.outcomes import METRIC, SEARCH_METRIC, SearchState
 from orchestrator.progress import LiveTrialTable
 from orchestrator.ray_output import RAY_LOG, result_loggers, route_ray_logs
 from orchestrator.report import publish_wandb_report, write_report
 from orchestrator.results import export_best, render_summary, summarize_trials, write_summary
 from orchestrator.retention import CheckpointRetention
-from orchestrator.spec import SearchSpec, format_duration
+from orchestrator.spec import SPEC_FILE, SearchSpec, format_duration, save_spec
 from orchestrator.study import ARTIFACT_DIR, STUDY_FILE, StudyWriter, dashboard_command
 from orchestrator.trainable import TrialSettings, run_trial
 from orchestrator.wandb_callback import WandbTrialLogger
@@ -30,8 +31,6 @@ from orchestrator.wandb_logging import check_online_or_fallback, log_search_run,
 from trainer.errors import UserError
 
 console = Console()
-METRIC = "val_ssim"  # ASHA compares trials on each epoch's val SSIM
-SEARCH_METRIC = "best_val_ssim"  # Optuna learns from a trial's best epoch, the one that would be exported
 # Tune's warning about the cost of a thing that costs little next to a training epoch. Its warning
 # about slow callbacks stays on: no callback of ours may hold Tune's event loop (W&B runs on a thread).
 QUIET_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
@@ -131,6 +130,33 @@ def search_callbacks(
     ]
 
 
+def use_this_runs_callbacks(tuner: tune.Tuner, callbacks: list[tune.Callback]) -> None:
+    """A restored Tuner runs the callbacks it unpickled, built from the first run's flags (its W&B
+    mode, say). Give it this run's, built the same way: Tune then restores their saved state into
+    them, as it checks that their number and types match. Tune has no public setter for this (Ray is
+    pinned to 2.60: its RunConfig lives on the Tuner's internal object)."""
+    tuner._local_tuner.get_run_config().callbacks = [*callbacks, *result_loggers()]
+
+
+def fetch_saved_spec(out_dir: Path, experiment_path: str) -> Path:
+    """The spec.yaml of the search to resume: in its folder, or fetched from remote storage into it."""
+    local = out_dir / SPEC_FILE
+    if local.is_file() or "://" not in experiment_path:
+        if not local.is_file():
+            raise UserError(f"{local}: not found; is {out_dir} a search folder? check --storage-path and --name")
+        return local
+    import pyarrow.fs
+
+    remote, path = pyarrow.fs.FileSystem.from_uri(f"{experiment_path}/{SPEC_FILE}")
+    if remote.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        raise UserError(f"{experiment_path}/{SPEC_FILE}: not found; check --storage-path and --name")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pyarrow.fs.copy_files(
+        path, str(local), source_filesystem=remote, destination_filesystem=pyarrow.fs.LocalFileSystem()
+    )
+    return local
+
+
 def experiment_exists(experiment_path: str) -> bool:
     """A local folder, or a folder on remote storage (s3://, gs://, file://) that pyarrow can see."""
     if "://" not in experiment_path:
@@ -151,6 +177,10 @@ def run_search(
     if not args.resume and experiment_exists(experiment_path):
         raise UserError(f"{experiment_path}: already exists; pass --resume to continue it or choose another --name")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        save_spec(spec, out_dir)
+        if "://" in experiment_path:  # so that a driver on another machine can resume it
+            upload_outputs(out_dir, experiment_path, (SPEC_FILE,))
 
     wandb_mode = check_online_or_fallback(resolve_wandb_mode(args.wandb))
     wandb_dir = out_dir  # wandb writes its runs into <dir>/wandb/
@@ -174,11 +204,19 @@ def run_search(
         if args.resume:
             console.print(f"resuming {experiment_path}")
             tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+            use_this_runs_callbacks(tuner, callbacks)
         else:
             tuner = build_tuner(spec, name, storage_path, trainable, cfg.epochs, callbacks)
-        results = tuner.fit()
+        with ctrl_c_stops_the_search():
+            results = tuner.fit()
+        state = SearchState.INTERRUPTED if CTRL_C.is_set() else SearchState.FINISHED
         trials = summarize_trials(results, cfg.epochs, TrialEndings.read(out_dir), spec.search.time_budget)
-        best = export_best(results, trials, spec, out_dir / "best", experiment_path)
+        # An interrupted search exports nothing: its best so far is not the search's result.
+        best = (
+            export_best(results, trials, spec, out_dir / "best", experiment_path)
+            if state == SearchState.FINISHED
+            else None
+        )
     finally:
         if started_ray:
             ray.shutdown()
@@ -190,7 +228,10 @@ def run_search(
         if wandb_mode == "off"
         else {"mode": wandb_mode, "project": args.wandb_project, "dir": ".", "sync_command": sync_command(".")}
     )
-    summary = write_summary(out_dir, name, spec, trials, best, time.time() - started, wandb_info)
+    summary = write_summary(out_dir, name, spec, state, trials, best, time.time() - started, wandb_info)
+    if state == SearchState.INTERRUPTED:
+        console.print(render_summary(summary))
+        return summary
     log_search_run(
         wandb_mode,
         args.wandb_project,
@@ -209,15 +250,15 @@ def run_search(
     return summary
 
 
-UPLOADED = ("best", "summary.json", "report.html", STUDY_FILE, ARTIFACT_DIR)
+UPLOADED = ("best", "summary.json", "report.html", SPEC_FILE, STUDY_FILE, ARTIFACT_DIR)
 
 
-def upload_outputs(out_dir: Path, experiment_uri: str) -> None:
+def upload_outputs(out_dir: Path, experiment_uri: str, names: tuple[str, ...] = UPLOADED) -> None:
     """Put the export and the reports next to Tune's results on remote storage (s3://, gs://, ...)."""
     import pyarrow.fs
 
     remote, path = pyarrow.fs.FileSystem.from_uri(experiment_uri)
-    for name in UPLOADED:
+    for name in names:
         if (out_dir / name).is_dir():
             remote.create_dir(f"{path}/{name}", recursive=True)
         if (out_dir / name).exists():
@@ -227,7 +268,7 @@ def upload_outputs(out_dir: Path, experiment_uri: str) -> None:
                 source_filesystem=pyarrow.fs.LocalFileSystem(),
                 destination_filesystem=remote,
             )
-    console.print(f"uploaded {', '.join(UPLOADED)} to {experiment_uri}")
+    console.print(f"uploaded {', '.join(names)} to {experiment_uri}")
 
 
 def print_summary(summary: dict[str, Any], out_dir: Path, report: Path, report_url: str | None) -> None:

@@ -8,94 +8,97 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
 
+from orchestrator.outcomes import SearchState
 from orchestrator.spec import DEFAULT_SPEC, SearchSettings, SearchSpec, load_spec
-from trainer.errors import UserError, exits_cleanly_on_user_error
+from trainer.cli import OneLineErrorParser, add_dataclass_flags, given_flags
+from trainer.config import TrainConfig
+from trainer.errors import EXIT_INTERRUPTED, UserError, exits_cleanly_on_user_error
 
 EXPERIMENTS = Path("experiments")
 WANDB_PROJECT = "pix2pix-tune"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+TRAIN_FLAGS = ("data", "size", "epochs", "batch_size")  # the trainer settings a search run overrides most
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
         prog="python -m orchestrator.search",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, default=DEFAULT_SPEC, help="search spec YAML (train / search / space)")
+    p.add_argument("--config", type=Path, help=f"search spec YAML (train / search / space; default: {DEFAULT_SPEC})")
     p.add_argument(
         "--address",
         help="Ray cluster to join ('auto' = the one this machine belongs to); "
         "without it Ray starts embedded on this machine and stops on exit",
     )
-    p.add_argument("--data", help="training data: a folder every node can read (shared storage) or builtin:NAME")
-    p.add_argument("--size", type=int, help="image size in pixels (overrides train.size)")
-    p.add_argument("--epochs", type=int, help="epochs per trial (overrides train.epochs)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (overrides train.batch_size)")
-    p.add_argument("--num-samples", dest="num_samples", type=int, help="number of trials")
-    p.add_argument("--max-concurrent", dest="max_concurrent", type=int, help="trials running at once")
-    p.add_argument("--cpus-per-trial", dest="cpus_per_trial", type=float, help="CPUs reserved per trial")
-    p.add_argument(
-        "--gpus-per-trial",
-        dest="gpus_per_trial",
-        type=float,
-        help="GPUs per trial; fractions pack trials onto one GPU (0.5 = two per GPU)",
-    )
-    p.add_argument("--grace-period", dest="grace_period", type=int, help="ASHA: epochs before a trial can be stopped")
-    p.add_argument(
-        "--stop-patience",
-        dest="stop_patience",
-        type=int,
-        help="stop a trial after this many epochs without a val SSIM gain (0 = never)",
-    )
-    p.add_argument(
-        "--time-budget",
-        dest="time_budget",
-        help="wall time for the trials, such as 10m or 2h: running trials end then and the best so far is exported",
-    )
-    p.add_argument(
-        "--keep-generators",
-        dest="keep_generators",
-        type=int,
-        help="ended trials that keep their best generator on disk (the best by val SSIM)",
-    )
-    p.add_argument(
-        "--keep-full-state",
-        dest="keep_full_state",
-        action="store_true",
-        default=None,
-        help="keep ended trials' full checkpoints (discriminator and optimizers too; 3-4x the disk)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        help="seed of the Optuna sampler (trials share the trainer seed of the spec, for a fair comparison)",
-    )
     p.add_argument(
         "--storage-path",
         dest="storage_path",
         default=str(EXPERIMENTS),
-        help="where experiments live: a local folder or a URI such as s3://bucket/path",
+        help=f"where experiments live: a local folder or a URI such as s3://bucket/path (default: {EXPERIMENTS})",
     )
     p.add_argument("--name", help="experiment name (default: <spec>-<date>-<time>; with --resume: the latest)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted search (finished trials are kept)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stopped search with the spec it started with (finished trials are kept)",
+    )
     p.add_argument(
         "--wandb",
         choices=("off", "offline", "online"),
-        help="W&B logging (default: online when an API key is configured, else offline)",
+        help="W&B logging (default: online when an API key is configured, else offline); may change on --resume",
     )
-    p.add_argument("--wandb-project", default=WANDB_PROJECT, help="W&B project")
-    return p.parse_args(argv)
+    p.add_argument("--wandb-project", default=WANDB_PROJECT, help=f"W&B project (default: {WANDB_PROJECT})")
+    add_dataclass_flags(p, TrainConfig, "trainer settings (override the spec's train section)", only=TRAIN_FLAGS)
+    add_dataclass_flags(p, SearchSettings, "search settings (override the spec's search section)")
+    return p
 
 
-def spec_from_args(args: argparse.Namespace) -> SearchSpec:
-    spec = load_spec(args.config)
-    train = {"data": args.data, "size": args.size, "epochs": args.epochs, "batch_size": args.batch_size}
-    search = {name: getattr(args, name, None) for name in SearchSettings.__dataclass_fields__}
-    return spec.with_overrides(train, search)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def spec_from_args(args: argparse.Namespace, spec: SearchSpec) -> SearchSpec:
+    """`spec` with the flags the user passed applied, validated as the file was."""
+    return spec.with_overrides(given_flags(args, TrainConfig), given_flags(args, SearchSettings))
+
+
+def flag_of(key: str) -> str:
+    """The flag that sets a spec key (train.batch_size -> --batch-size), or the key when none does."""
+    section, name = key.split(".", 1)
+    flagged = section == "search" or (section == "train" and name in TRAIN_FLAGS)
+    return f"--{name.replace('_', '-')}" if flagged else key
+
+
+def resumed_spec(args: argparse.Namespace, saved_path: Path) -> SearchSpec:
+    """The spec a search started with, checked against this run's --config and flags: a resumed
+    search continues the trials Tune saved, so nothing that shapes them may change."""
+    saved = load_spec(saved_path)
+    asked = spec_from_args(args, load_spec(args.config) if args.config else saved)
+    changed = saved.differences(asked)
+    if changed:
+        key = changed[0]
+        section, name = key.split(".", 1)
+        was, now = saved.to_dict()[section].get(name), asked.to_dict()[section].get(name)
+        raise UserError(
+            f"{saved_path}: {flag_of(key)} cannot change on --resume (the search started with {was}, not {now}); "
+            "drop it to continue, or start a new search with another --name"
+            + (f" ({len(changed) - 1} more: {', '.join(changed[1:])})" if len(changed) > 1 else "")
+        )
+    return saved
+
+
+def resume_command(name: str, storage_path: str) -> str:
+    return shlex.join(
+        ["python", "-m", "orchestrator.search", "--resume", "--name", name, "--storage-path", storage_path]
+    )
 
 
 def is_uri(path: str) -> bool:
@@ -105,7 +108,7 @@ def is_uri(path: str) -> bool:
 def experiment_name(args: argparse.Namespace, storage_path: str) -> str:
     if args.name:
         return args.name
-    stem = Path(args.config).stem
+    stem = Path(args.config or DEFAULT_SPEC).stem
     if args.resume:
         if is_uri(storage_path):
             raise UserError("--resume on a remote --storage-path needs --name (the experiment to continue)")
@@ -122,15 +125,24 @@ def experiment_name(args: argparse.Namespace, storage_path: str) -> str:
 @exits_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    spec = spec_from_args(args)
     storage_path = args.storage_path if is_uri(args.storage_path) else str(Path(args.storage_path).resolve())
     name = experiment_name(args, storage_path)
     # Our own outputs (summary, report, export, Optuna study, W&B runs) need a local folder; with a
-    # remote storage path they are written here and the export is uploaded next to Tune's results.
+    # remote storage path they are written here and uploaded next to Tune's results.
     out_dir = (EXPERIMENTS.resolve() if is_uri(storage_path) else Path(storage_path)) / name
-    from orchestrator.runner import run_search  # imports Ray: keep --help and spec errors fast
+    from orchestrator.runner import fetch_saved_spec, run_search  # imports Ray: keep --help and spec errors fast
 
-    summary = run_search(spec, name, storage_path, out_dir, args)
+    if args.resume:
+        spec = resumed_spec(args, fetch_saved_spec(out_dir, f"{storage_path.rstrip('/')}/{name}"))
+    else:
+        spec = spec_from_args(args, load_spec(args.config or DEFAULT_SPEC))
+    try:
+        summary = run_search(spec, name, storage_path, out_dir, args)
+    except KeyboardInterrupt:
+        summary = {"state": SearchState.INTERRUPTED}
+    if summary["state"] == SearchState.INTERRUPTED:
+        print(f"interrupted; continue the search with:\n  {resume_command(name, storage_path)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0 if summary.get("best") else 1
 
 

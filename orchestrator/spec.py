@@ -19,7 +19,8 @@ from typing import Any
 import optuna
 import yaml
 
-from trainer.config import TrainConfig, trainer_parameter_names
+from trainer.checkpoint import write_atomic_text
+from trainer.config import TrainConfig, opt, trainer_parameter_names
 from trainer.errors import UserError
 
 SECTIONS = ("train", "search", "space")
@@ -58,6 +59,7 @@ UNSEARCHABLE = {
     "epochs": "epochs cannot be searched: ASHA's rungs and the end reasons use one fixed number; set train.epochs "
     "(ASHA already gives weak trials fewer epochs)",
 }
+SPEC_FILE = "spec.yaml"  # the spec of a search, in its experiment folder
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 
 
@@ -65,20 +67,28 @@ DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "search_spaces" / "defau
 class SearchSettings:
     """How the search runs. Each field is also a CLI flag of `orchestrator.search`."""
 
-    num_samples: int = 8
-    max_concurrent: int = 2
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    grace_period: int = 2  # ASHA: epochs every trial gets before it can be stopped
-    reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
-    stop_patience: int = 3  # plateau stop: epochs without a val SSIM gain; 0 = off
-    image_every: int = 2  # epochs between sample-image panels in W&B
-    max_failures: int = 2  # retries of a crashed trial (from its last checkpoint)
-    startup_trials: int = 3  # TPE: random trials before the model-based sampling starts
-    seed: int = 0
-    time_budget: float = 0.0  # seconds (the spec also takes 90s, 10m, 2h); 0 = none. Running trials end then
-    keep_generators: int = 3  # ended trials that keep their best generator (by val SSIM); the rest keep metrics
-    keep_full_state: bool = False  # keep ended trials' full checkpoints (D, optimizers): 3-4x the disk
+    num_samples: int = opt(8, "number of trials")
+    max_concurrent: int = opt(2, "trials running at once")
+    cpus_per_trial: float = opt(1.0, "CPUs reserved per trial (also its torch threads)")
+    gpus_per_trial: float = opt(0.0, "GPUs per trial; fractions pack trials onto one GPU (0.5 = two per GPU)")
+    grace_period: int = opt(2, "ASHA: epochs every trial gets before it can be stopped")
+    reduction_factor: int = opt(2, "ASHA: keep the top 1/reduction_factor of trials at each rung")
+    stop_patience: int = opt(3, "stop a trial after this many epochs without a val SSIM gain (0 = never)")
+    image_every: int = opt(2, "epochs between sample-image panels in W&B and the study")
+    max_failures: int = opt(2, "retries of a crashed trial, each from its last checkpoint")
+    startup_trials: int = opt(3, "TPE: random trials before the model-based sampling starts")
+    seed: int = opt(0, "seed of the Optuna sampler (trials share the trainer seed of the spec, for a fair comparison)")
+    time_budget: float = opt(
+        0.0,
+        "wall time for the trials in seconds, or 90s, 10m, 2h; running trials end then and the best so far "
+        "is exported (0 = none)",
+        flag_type=str,
+        metavar="DURATION",
+    )
+    keep_generators: int = opt(3, "ended trials that keep their best generator on disk (the best by val SSIM)")
+    keep_full_state: bool = opt(
+        False, "keep ended trials' full checkpoints (discriminator and optimizers too; 3-4x the disk)"
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -139,6 +149,24 @@ class SearchSpec:
     def trial_config(self, params: dict[str, Any]) -> TrainConfig:
         return TrainConfig.from_dict({**self.train, **params}, source=self.source)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as its YAML file holds it: load_spec reads this back to an equal spec."""
+        return {
+            "train": dict(self.train),
+            "search": dataclasses.asdict(self.search),
+            "space": {name: p.describe() for name, p in self.space.items()},
+        }
+
+    def differences(self, other: SearchSpec) -> list[str]:
+        """Keys whose values differ, as section.key (train.epochs, search.num_samples, space.dropout)."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [
+            f"{section}.{key}"
+            for section in SECTIONS
+            for key in sorted(set(mine[section]) | set(theirs[section]))
+            if mine[section].get(key) != theirs[section].get(key)
+        ]
+
     def with_overrides(self, train: dict[str, Any], search: dict[str, Any]) -> SearchSpec:
         """CLI flags win over the file; the result is validated like the file was."""
         train = {**self.train, **{k: v for k, v in train.items() if v is not None}}
@@ -151,6 +179,14 @@ class SearchSpec:
         )
         spec.trial_config({})  # validates the fixed settings together
         return spec
+
+
+def save_spec(spec: SearchSpec, folder: Path) -> Path:
+    """Keep the spec a search runs with in its experiment folder: --resume continues with it, and
+    `--config <folder>/spec.yaml` repeats the search."""
+    path = Path(folder) / SPEC_FILE
+    write_atomic_text(path, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    return path
 
 
 def load_spec(path: Path) -> SearchSpec:

@@ -35,9 +35,10 @@ from typing import Any
 import optuna
 from ray import tune
 
-from orchestrator.endings import BUDGET, ERROR, TrialEndings
+from orchestrator.endings import TrialEndings
+from orchestrator.outcomes import Ending, EndReason, end_reason
 from orchestrator.results import error_line, saved_best
-from orchestrator.trainable import PANEL_FILE, end_reason
+from orchestrator.trainable import PANEL_FILE
 
 STUDY_FILE = "optuna.db"
 ARTIFACT_DIR = "optuna_artifacts"
@@ -118,8 +119,8 @@ class StudyWriter(tune.Callback):
         self.write(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        for trial in trials:  # the time budget ended these without on_trial_complete; interrupted ones resume
-            if self.endings.ended.get(trial.trial_id) == BUDGET:
+        for trial in trials:  # the time budget or Ctrl-C ended these without on_trial_complete
+            if self.endings.ended.get(trial.trial_id) in (Ending.BUDGET, Ending.INTERRUPTED):
                 self._ended.setdefault(trial.trial_id, time.time())
         self.write(trials).flush()  # the study is complete when the search returns
 
@@ -145,7 +146,7 @@ class StudyWriter(tune.Callback):
     def frozen_trial(self, trial: Any) -> optuna.trial.FrozenTrial:
         result = trial.last_result or {}
         ending = self.endings.ended.get(trial.trial_id)
-        failed = ending == ERROR
+        failed = ending == Ending.ERROR
         reason = end_reason(int(result.get("epoch", 0)), self.epochs, bool(result.get("plateau_stop")), ending)
         saved = trial.latest_checkpoint_result
         best, best_epoch = saved_best(saved.metrics if saved else None)
@@ -155,13 +156,19 @@ class StudyWriter(tune.Callback):
         if failed:
             user_attrs["error"] = error_line(trial.get_error())
         params = {k: v for k, v in trial.config.items() if k in self.distributions}
-        scored = not failed and best is not None
+        # An interrupted trial is PRUNED (stopped before its end, not failed) until --resume finishes it.
+        if reason == EndReason.INTERRUPTED:
+            state = optuna.trial.TrialState.PRUNED
+        elif failed or best is None:
+            state = optuna.trial.TrialState.FAIL
+        else:
+            state = optuna.trial.TrialState.COMPLETE
         started = self._started.get(trial.trial_id, self._ended[trial.trial_id])
         return optuna.trial.FrozenTrial(
             number=0,  # add_trial numbers trials in the order they are added
             trial_id=0,
-            state=optuna.trial.TrialState.COMPLETE if scored else optuna.trial.TrialState.FAIL,
-            value=float(best) if scored else None,
+            state=state,
+            value=best if state == optuna.trial.TrialState.COMPLETE else None,
             values=None,
             datetime_start=datetime.datetime.fromtimestamp(started),
             datetime_complete=datetime.datetime.fromtimestamp(self._ended[trial.trial_id]),

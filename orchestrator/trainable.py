@@ -17,8 +17,6 @@ import ray
 import torch
 from ray import tune
 
-from orchestrator.endings import BUDGET, ERROR
-from orchestrator.endings import INTERRUPTED as INTERRUPTED_ENDING
 from trainer.checkpoint import BEST_GENERATOR, LAST, write_atomic_text
 from trainer.config import TrainConfig
 from trainer.data import SPLIT_FILE, png_bytes
@@ -31,11 +29,6 @@ CHECKPOINT_FILES = (LAST, BEST_GENERATOR, SPLIT_FILE)
 DIVERGED_MARKER = "DIVERGED"  # a diverged run diverges again: retries fail at once instead of retraining
 PANEL_SAMPLES = 4  # fixed val pairs shown in W&B panels, the same ones every epoch
 PANEL_FILE = "val_samples.png"  # input | output | target rows, saved with the checkpoint
-
-# end reasons, as they appear in the summary, the report and W&B
-FINISHED, STOPPED_ASHA, STOPPED_PLATEAU, STOPPED_BUDGET, INTERRUPTED, FAILED = (
-    "finished", "stopped_asha", "stopped_plateau", "stopped_budget", "interrupted", "failed",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -91,17 +84,6 @@ def train_and_report(cfg: TrainConfig, run_dir: Path, settings: TrialSettings) -
         report_with_checkpoint(metrics, run_dir, panel)  # Tune stops a trial by raising SystemExit here
         if plateaued:
             return
-
-
-def end_reason(epochs_run: int, epochs: int, plateaued: bool, ending: str | None) -> str:
-    """Why a trial ended, from its last result and how the driver saw it end (orchestrator.endings)."""
-    if ending == ERROR:
-        return FAILED
-    if epochs_run >= epochs:
-        return FINISHED
-    if plateaued:
-        return STOPPED_PLATEAU
-    return {BUDGET: STOPPED_BUDGET, INTERRUPTED_ENDING: INTERRUPTED}.get(ending or "", STOPPED_ASHA)
 
 
 def restore_from_tune_checkpoint(run_dir: Path) -> bool:

@@ -25,15 +25,13 @@ import numpy as np
 from PIL import Image
 from ray import tune
 
-from orchestrator.endings import ERROR, TrialEndings
+from orchestrator.endings import TrialEndings
+from orchestrator.outcomes import EPOCH_KEYS, PROGRESS_KEYS, Ending, end_reason
 from orchestrator.results import error_line, saved_best
-from orchestrator.trainable import PANEL_FILE, end_reason
+from orchestrator.trainable import PANEL_FILE
 from orchestrator.wandb_logging import RunLogger, open_trial_logger
 
-LOGGED_KEYS = (
-    "epoch", "G_GAN", "G_L1", "D_real", "D_fake", "val_ssim", "val_psnr", "val_mae",
-    "lr_G", "lr_D", "best_val_ssim", "best_epoch", "epoch_seconds", "images_per_s",
-)  # fmt: skip
+LOGGED_KEYS = EPOCH_KEYS + PROGRESS_KEYS
 PANEL_CAPTION = "input | output | target"
 DRAIN_NOTICE_S = 1.0  # at the end, say what we wait for once the wait is long enough to notice
 DRAIN_PROGRESS_EVERY_S = 10.0
@@ -197,7 +195,7 @@ class WandbTrialLogger(tune.Callback):
             "epochs": result.get("epoch", 0),
             "end_reason": end_reason(result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")), ending),
         }
-        if ending == ERROR:
+        if ending == Ending.ERROR:
             summary["error"] = error_line(trial.get_error())
         self.send(trial, FinishRun(trial.trial_id, {k: v for k, v in summary.items() if v is not None}))
         self._open.discard(trial.trial_id)

@@ -28,6 +28,7 @@ from wandb.errors import AuthenticationError
 from wandb.sdk.lib import wbauth
 from wandb.sdk.wandb_run import Run
 
+from orchestrator.outcomes import EndReason
 from orchestrator.wandb_offline import wait_until_complete
 from trainer.errors import UserError
 
@@ -47,7 +48,6 @@ ENV_MODES = {
 STEP_METRIC = "epoch"
 TRIAL_SUMMARIES = {"val_ssim": "max", "val_psnr": "max", "val_mae": "min"}
 MODEL_REGISTRY = "wandb-registry-model"  # online only: where the search run links the exported model
-FAILED_END_REASON = "failed"  # the trainable's end_reason for a crashed trial: the run is marked failed in W&B
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ class WandbRunLogger:
 
     def finish(self, summary: dict[str, Any]) -> None:
         self.run.summary.update(summary)
-        finish_run(self.run, exit_code=1 if summary.get("end_reason") == FAILED_END_REASON else 0)
+        finish_run(self.run, exit_code=1 if summary.get("end_reason") == EndReason.FAILED else 0)
 
 
 def finish_run(run: Run, exit_code: int = 0) -> None:

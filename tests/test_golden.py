@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from trainer.config import TrainConfig
-from trainer.loop import LOSS_NAMES, TrainStep, build_discriminator, build_generator, build_optimizer
+from trainer.loop import TrainStep, build_discriminator, build_generator, build_optimizer
+from trainer.names import LOSS_NAMES
 
 pytestmark = pytest.mark.fast  # `make test-fast`: no Ray, no search
 

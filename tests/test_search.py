@@ -20,7 +20,7 @@ from search_cli import ROOT, TINY, search_command, search_env
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from orchestrator import search
-from orchestrator.spec import load_spec, parse_duration
+from orchestrator.spec import load_spec, parse_duration, save_spec
 from trainer.checkpoint import BEST_GENERATOR, LAST, load_torch
 from trainer.data import load_paired_data
 from trainer.export import CARD, ONNX, SAMPLES, WEIGHTS, load_generator
@@ -247,6 +247,67 @@ def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path
         assert after[trial] == n, f"finished trial {trial} was run again"
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(ids)
+
+
+def test_ctrl_c_stops_cleanly_and_the_printed_command_finishes_the_search(tmp_path: Path) -> None:
+    """A real SIGINT to the driver's process group, as a terminal's Ctrl-C sends it, once a trial
+    has reported an epoch: exit 130, nothing exported, the trials recorded as interrupted, and the
+    printed command continues the search to its end with this run's W&B mode (off, not offline)."""
+    flags = ["--wandb", "offline", "--num-samples", "2", "--epochs", "4", "--stop-patience", "0"]
+    command = search_command(tmp_path, "ctrl-c", *flags)
+    env = search_env()
+    driver = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    experiment = tmp_path / "ctrl-c"
+    deadline = time.time() + 240
+    while not result_lines(experiment) and time.time() < deadline:
+        assert driver.poll() is None, "the search ended before it could be interrupted"
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGINT)
+    stdout, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and not (experiment / "best").exists()
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert summary["state"] == "interrupted" and summary["best"] is None
+    interrupted = [t for t in summary["trials"] if t["status"] == "interrupted"]
+    assert interrupted and all("--resume continues it" in t["reason"] for t in interrupted)
+    study = optuna.load_study(study_name="ctrl-c", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    pruned = {t.user_attrs["trial_id"] for t in study.trials if t.state == optuna.trial.TrialState.PRUNED}
+    assert pruned == {t["trial_id"] for t in interrupted}
+    wandb_runs = sorted(p.name for p in (experiment / "wandb").glob("offline-run-*"))
+
+    resume = stderr.strip().splitlines()[-1].split()
+    assert resume[:3] == ["python", "-m", "orchestrator.search"] and "--resume" in resume
+    resumed = subprocess.run(
+        [sys.executable, *resume[1:], "--wandb", "off"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert summary["state"] == "finished" and summary["best"] is not None
+    assert len(summary["trials"]) == 2 and all(t["status"] != "interrupted" for t in summary["trials"])
+    assert sorted(p.name for p in (experiment / "wandb").glob("offline-run-*")) == wandb_runs
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--epochs", "4"], "--epochs cannot change on --resume (the search started with 3, not 4)"),
+        (["--num-samples", "6"], "--num-samples cannot change on --resume (the search started with 4, not 6)"),
+        (["--config", "OTHER"], "train.ngf cannot change on --resume (the search started with 8, not 16)"),
+    ],
+)
+def test_resume_refuses_a_change_that_shapes_the_trials(tmp_path: Path, capsys, flags: list, expected: str) -> None:
+    save_spec(load_spec(TINY), tmp_path / "tiny-x")
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY.read_text().replace("ngf: 8", "ngf: 16"))
+    flags = [str(other) if f == "OTHER" else f for f in flags]
+    with pytest.raises(SystemExit) as exit_:
+        search.main(["--storage-path", str(tmp_path), "--name", "tiny-x", "--resume", *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err and "spec.yaml" in err, err
 
 
 def test_time_budget_ends_running_trials_and_the_best_so_far_is_exported(ray_session, tmp_path: Path) -> None:

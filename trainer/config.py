@@ -52,9 +52,11 @@ class GeneratorConfig:
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
 
 
-def opt(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word
-    """A config field with its CLI help text, so the default and its meaning live in one place."""
-    return field(default=default, metadata={"help": help})
+def opt(default: Any, help: str, flag_type: Any = None, metavar: str | None = None) -> Any:  # noqa: A002 - argparse's word
+    """A config field with its CLI help text, so the default and its meaning live in one place
+    (trainer.cli.add_dataclass_flags makes the flag). `flag_type` parses the flag when the field's
+    own type cannot (a duration given as 10m); the dataclass then validates the value."""
+    return field(default=default, metadata={"help": help, "flag_type": flag_type, "metavar": metavar})
 
 
 @dataclass(frozen=True)

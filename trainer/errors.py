@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 
 F = TypeVar("F", bound=Callable[..., object])
 

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trainer.checkpoint import load_torch
+from trainer.cli import OneLineErrorParser
 from trainer.config import Device, TrainConfig
 from trainer.data import SPLITS, PairedData, PairedImages
 from trainer.data.volumes import read_subject
@@ -36,10 +37,11 @@ from trainer.loop import (
     pick_device,
     translate,
 )
-from trainer.metrics import METRIC_NAMES, volume_metrics
+from trainer.metrics import volume_metrics
 from trainer.models import UNetGenerator
+from trainer.names import METRIC_NAMES
 from trainer.predict import translate_ras
-from trainer.train import METRIC_LABELS, OneLineErrorParser, comparison_table
+from trainer.train import METRIC_LABELS, comparison_table
 from trainer.visualize import save_grid
 
 GRID_SAMPLES = 8

@@ -24,10 +24,10 @@ from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, copy_atomic, generato
 from trainer.config import GeneratorConfig, TrainConfig
 from trainer.data import PairedData, PairedImages, ReadOptions, augment, load_paired_data
 from trainer.errors import TrainingDiverged, UserError
-from trainer.metrics import METRIC_NAMES, per_image_metrics
+from trainer.metrics import per_image_metrics
 from trainer.models import PatchDiscriminator, UNetGenerator, init_weights
+from trainer.names import LOSS_NAMES, METRIC_NAMES
 
-LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")  # G_L1 is logged without lambda_l1
 StepCallback = Callable[[int, int, int], None]  # (epoch, step within epoch, steps per epoch)
 COMPILE_MIN_STEPS = 500  # compile: auto needs a run at least this long to repay a cold compile
 IDENTITY, MEAN_IMAGE = "identity", "mean_image"  # the baselines a model must beat

@@ -16,7 +16,6 @@ from skimage.metrics import structural_similarity
 DATA_RANGE = 2.0  # images live in [-1, 1]
 WINDOW = 7
 K1, K2 = 0.01, 0.03
-METRIC_NAMES = ("ssim", "psnr", "mae")
 
 
 # On CPU, SSIM runs over chunks of about this many input values (per image of the pair): the five

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from trainer.checkpoint import write_atomic_bytes
+from trainer.cli import OneLineErrorParser
 from trainer.config import Device
 from trainer.data import IMAGE_SUFFIXES, png_bytes, read_image
 from trainer.data.intensity import IntensityMap
@@ -40,7 +41,6 @@ from trainer.errors import UserError, exits_cleanly_on_user_error
 from trainer.export import load_generator
 from trainer.loop import pick_device
 from trainer.models import UNetGenerator
-from trainer.train import OneLineErrorParser
 
 # ITU-R BT.601 luma, the weights PIL's convert("L") uses, which built the grayscale training inputs.
 LUMA = (0.299, 0.587, 0.114)

@@ -7,12 +7,10 @@ with its help text and default taken from the dataclass, so the CLI can never dr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, get_args, get_type_hints
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -20,51 +18,20 @@ from rich.table import Table
 
 from trainer.builtin import BUILTIN_PREFIX
 from trainer.checkpoint import BEST, LAST, load_torch
+from trainer.cli import OneLineErrorParser, add_dataclass_flags
 from trainer.config import TrainConfig
 from trainer.data import PairedData
-from trainer.errors import TrainingDiverged, UserError, exits_cleanly_on_user_error
-from trainer.loop import BASELINE_LABELS, LOSS_NAMES, EpochResult, baseline_metrics, load_run_data, pick_device, train
-from trainer.metrics import METRIC_NAMES
+from trainer.errors import EXIT_INTERRUPTED, TrainingDiverged, UserError, exits_cleanly_on_user_error
+from trainer.loop import BASELINE_LABELS, EpochResult, baseline_metrics, load_run_data, pick_device, train
+from trainer.names import LOSS_NAMES, METRIC_NAMES
 
 EXIT_DIVERGED = 1
-EXIT_INTERRUPTED = 130
 METRIC_LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "mae": "MAE"}
 HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "mae": False}
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse prints usage plus a message and exits 2; make that the project's one-line UserError."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message} (see --help)")
-
-
 # ---------------------------------------------------------------------------------------------
 # command line
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field. Unset flags stay absent, so TrainConfig supplies every default."""
-    hints = get_type_hints(TrainConfig)
-    group = parser.add_argument_group("training settings (names as in search spaces and checkpoints)")
-    for field in dataclasses.fields(TrainConfig):
-        names = [f"--{field.name}"]
-        if "_" in field.name:
-            names.append(f"--{field.name.replace('_', '-')}")
-        kwargs: dict[str, Any] = {
-            "dest": field.name,
-            "default": argparse.SUPPRESS,
-            "help": f"{field.metadata['help']} (default: {field.default})",
-        }
-        choices = get_args(hints[field.name])
-        if isinstance(field.default, bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif choices:
-            kwargs["choices"] = choices
-        else:
-            kwargs["type"] = type(field.default)
-            kwargs["metavar"] = type(field.default).__name__.upper()
-        group.add_argument(*names, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="run folder for checkpoints and split.json (default: runs/<data>-<size>px)"
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    add_config_flags(parser)
+    add_dataclass_flags(parser, TrainConfig, "training settings (names as in search spaces and checkpoints)")
     return parser
 
 

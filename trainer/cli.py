@@ -1,0 +1,53 @@
+"""What every command line of the project shares: one-line errors, and flags derived from a config
+dataclass, so each setting's name, default and help text live once, on its field."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, NoReturn, get_args, get_type_hints
+
+from trainer.errors import UserError
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints usage plus a message and exits 2; make that the project's one-line UserError."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see --help)")
+
+
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser, cls: type, title: str, only: tuple[str, ...] | None = None
+) -> None:
+    """One flag per field of `cls` (or of the fields named in `only`), from the field's metadata
+    (trainer.config.opt). Unset flags stay absent from the namespace (argparse.SUPPRESS), so the
+    dataclass supplies every default and a caller can tell what the user actually passed."""
+    hints = get_type_hints(cls)
+    group = parser.add_argument_group(title)
+    for field in dataclasses.fields(cls):
+        if only is not None and field.name not in only:
+            continue
+        names = [f"--{field.name}"]
+        if "_" in field.name:
+            names.append(f"--{field.name.replace('_', '-')}")
+        kwargs: dict[str, Any] = {
+            "dest": field.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{field.metadata['help']} (default: {field.default})",
+        }
+        choices = get_args(hints[field.name])
+        flag_type = field.metadata.get("flag_type") or type(field.default)
+        if isinstance(field.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif choices:
+            kwargs["choices"] = choices
+        else:
+            kwargs["type"] = flag_type
+            kwargs["metavar"] = field.metadata.get("metavar") or flag_type.__name__.upper()
+        group.add_argument(*names, **kwargs)
+
+
+def given_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of `cls` the user passed as flags (add_dataclass_flags leaves the others absent)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
