@@ -18,6 +18,7 @@ from rich.console import Console
 
 from orchestrator.endings import CTRL_C, TrialEndings, ctrl_c_stops_the_search
 from orchestrator.outcomes import METRIC, SEARCH_METRIC, SearchState
+from orchestrator.preflight import check_search
 from orchestrator.progress import LiveTrialTable
 from orchestrator.ray_output import RAY_LOG, result_loggers, route_ray_logs
 from orchestrator.report import publish_wandb_report, write_report
@@ -176,6 +177,7 @@ def run_search(
         raise UserError(f"{experiment_path}: no search to resume there; check --storage-path and --name")
     if not args.resume and experiment_exists(experiment_path):
         raise UserError(f"{experiment_path}: already exists; pass --resume to continue it or choose another --name")
+    warnings = check_search(spec, args.address)  # before anything is written or Ray starts
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         save_spec(spec, out_dir)
@@ -196,6 +198,8 @@ def run_search(
         f"W&B {wandb_mode}\n  results: {experiment_path}\n  Ray's own log: {out_dir / RAY_LOG}"
     )
 
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
     restore_ray_logs = route_ray_logs(out_dir)
     started_ray = start_ray(args.address)
     started = time.time()

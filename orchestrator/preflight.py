@@ -1,0 +1,68 @@
+"""What can be checked before Ray starts, is: a mistake found after it starts costs a minute of
+start-up and a page of retried-trial tracebacks. Each check ends in one line naming what to fix."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from orchestrator.spec import SearchSpec
+from trainer.config import TrainConfig
+from trainer.data import find_splits, resolve_root
+from trainer.errors import UserError
+from trainer.memory import available_bytes, training_bytes
+
+GIB = 1024**3
+MEMORY_SIZED = ("size", "batch_size", "ngf", "ndf")  # the settings a trial's memory grows with
+
+
+def check_search(spec: SearchSpec, address: str | None) -> list[str]:
+    """Raise UserError for what cannot run; return warnings for what may not fit."""
+    cfg = spec.trial_config({})
+    splits = find_splits(resolve_root(cfg.data), cfg.split_seed, None)  # readable, paired, enough for a split
+    if address:
+        return []  # the cluster's nodes and GPUs are known only once Ray has joined it (and may autoscale)
+    check_local_resources(spec)
+    return memory_warnings(spec, largest_trial(spec), sum(len(pairs) for pairs in splits.values()))
+
+
+def check_local_resources(spec: SearchSpec) -> None:
+    """Resources this machine can never give (Tune would wait for them forever)."""
+    gpus = torch.cuda.device_count()
+    if spec.search.gpus_per_trial > 0 and gpus == 0:
+        raise UserError(
+            f"--gpus-per-trial {spec.search.gpus_per_trial:g}: this machine has no GPU that PyTorch can use; "
+            "pass --gpus-per-trial 0, or --address of a Ray cluster with GPU nodes"
+        )
+    if gpus and spec.search.gpus_per_trial > gpus:
+        raise UserError(f"--gpus-per-trial {spec.search.gpus_per_trial:g}: this machine has {gpus} GPU(s)")
+    cpus = os.cpu_count() or 1
+    if spec.search.cpus_per_trial > cpus:
+        raise UserError(f"--cpus-per-trial {spec.search.cpus_per_trial:g}: this machine has {cpus} CPUs")
+
+
+def largest_trial(spec: SearchSpec) -> TrainConfig:
+    """The trial config with the largest value the space allows of each setting memory grows with."""
+    largest: dict[str, Any] = {}
+    for name in MEMORY_SIZED:
+        param = spec.space.get(name)
+        if param is not None:
+            largest[name] = max(param.choices) if param.type == "categorical" else int(param.high)
+    return spec.trial_config(largest)
+
+
+def memory_warnings(spec: SearchSpec, cfg: TrainConfig, images: int) -> list[str]:
+    if spec.search.gpus_per_trial > 0:
+        return []  # the activations live on the GPU, whose memory torch reports only per device at run time
+    per_trial = training_bytes(cfg, images=images)
+    at_once = min(spec.search.max_concurrent, int((os.cpu_count() or 1) // spec.search.cpus_per_trial) or 1)
+    available = available_bytes()
+    if available is None or per_trial * at_once <= available:
+        return []
+    return [
+        f"each trial may need about {per_trial / GIB:.1f} GiB ({cfg.size} px, batch {cfg.batch_size}, ngf {cfg.ngf}, "
+        f"ndf {cfg.ndf}, {images} image pairs in memory) and {at_once} run at once, but {available / GIB:.1f} GiB "
+        "is available: lower --max-concurrent, --batch-size or --size, or max_train_images"
+    ]

@@ -1,0 +1,63 @@
+"""Faults a user causes every day, each caught before it costs anything: one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from search_cli import TINY
+
+from orchestrator import search
+from orchestrator.preflight import check_search
+from orchestrator.spec import load_spec
+from trainer.config import GeneratorConfig, TrainConfig
+from trainer.memory import generator_bytes, training_bytes
+
+
+def run_search_expecting_error(tmp_path: Path, capsys, *flags: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        search.main(["--config", str(TINY), "--storage-path", str(tmp_path), "--name", "x", *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x").exists(), "a refused search wrote its folder"
+    return err
+
+
+@pytest.mark.fast
+def test_a_missing_data_folder_is_refused_before_ray_starts(tmp_path: Path, capsys) -> None:
+    err = run_search_expecting_error(tmp_path, capsys, "--data", str(tmp_path / "nowhere"))
+    assert "nowhere: data folder not found" in err
+
+
+@pytest.mark.fast
+def test_an_empty_data_folder_is_refused_before_ray_starts(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert "no images found" in run_search_expecting_error(tmp_path, capsys, "--data", str(tmp_path / "empty"))
+
+
+@pytest.mark.fast
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_gpus_per_trial_on_a_machine_without_gpu_is_refused(tmp_path: Path, capsys) -> None:
+    err = run_search_expecting_error(tmp_path, capsys, "--gpus-per-trial", "0.5")
+    assert "--gpus-per-trial 0.5: this machine has no GPU" in err
+
+
+@pytest.mark.fast
+def test_a_trial_too_big_for_this_machine_is_named_before_it_starts() -> None:
+    spec = load_spec(TINY).with_overrides({"size": 2048, "batch_size": 64}, {})
+    (warning,) = check_search(spec, None)
+    assert "GiB (2048 px, batch 64" in warning and "lower --max-concurrent, --batch-size or --size" in warning
+    assert check_search(load_spec(TINY), None) == []
+
+
+@pytest.mark.fast
+def test_memory_estimate_counts_the_real_networks_and_grows_with_size() -> None:
+    gcfg = GeneratorConfig(3, 3, 64, ngf=8)
+    from trainer.models import UNetGenerator
+
+    weights = sum(p.numel() for p in UNetGenerator(gcfg).parameters()) * 4
+    assert weights < generator_bytes(gcfg) < weights + 64 * 64 * 3 * 4 * 200  # weights plus activations
+    one, five, nine = (training_bytes(TrainConfig(size=64, ngf=8, ndf=8, batch_size=b)) for b in (1, 5, 9))
+    assert nine - five == five - one > 0  # activations grow with the batch, the weights do not
