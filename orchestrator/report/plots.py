@@ -157,7 +157,15 @@ def plot_param_scatter(summary: dict[str, Any], names: list[str], best_id: str |
         xs = scatter_axis(ax, space.get(name), [t["params"][name] for t in present])
         for x, t in zip(xs, present, strict=True):
             look = style(t.get("status", ""))
-            ax.plot([x], [t[METRIC]], linestyle="", marker=look.marker, color=look.color, markeredgecolor="white")
+            ax.plot(
+                [x],
+                [t[METRIC]],
+                linestyle="",
+                marker=look.marker,
+                markersize=7,
+                color=look.color,
+                markeredgecolor="white",
+            )
             if str(t["trial_id"]) == best_id:
                 ax.plot([x], [t[METRIC]], zorder=3, **BEST_STAR)
         ax.set_xlabel(name)
