@@ -51,10 +51,7 @@ def style(status: str) -> Style:
 def status_handles(statuses: Iterable[str]) -> list[Line2D]:
     present = set(statuses)
     order = [s for s in STATUS_STYLES if s in present] + sorted(present - set(STATUS_STYLES))
-    return [
-        Line2D([], [], color=style(s).color, marker=style(s).marker, linestyle="", label=s.replace("_", " "))
-        for s in order
-    ]
+    return [Line2D([], [], color=style(s).color, marker=style(s).marker, linestyle="", label=s) for s in order]
 
 
 def figure_png(fig: Figure) -> bytes:
