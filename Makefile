@@ -28,6 +28,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m trainer.bench $(ARGS)
+	$(BIN)/python -m trainer.bench_eval
 
 gpu-check: $(STAMP)
 	$(BIN)/python -m orchestrator.gpu_check

@@ -3,7 +3,7 @@
 Three parts, about 5-8 minutes on one H100/H200:
 1. the trainer's step at 256 px, batch 16 (`trainer.bench`): the reference style against each speed
    switch up to the default fast path, with the first step's time (the compile cost) and peak memory;
-2. 1, 2 and 4 trainers sharing the GPU (`trainer.bench --concurrent`): aggregate images/s and peak
+2. 1, 2 and 4 trainers sharing the GPU (`trainer.bench_concurrent`): aggregate images/s and peak
    memory each, which is what `gpus_per_trial` in search_spaces/gpu-256.yaml is chosen from;
 3. a tiny search with `--gpus-per-trial 0.5` (two trials on the GPU at once) that must end with an
    export, run through the search CLI as a user runs it.
@@ -28,7 +28,9 @@ from pathlib import Path
 import torch
 
 from trainer import bench
+from trainer.bench_concurrent import measure_concurrent
 from trainer.errors import UserError, exits_cleanly_on_user_error
+from trainer.measure import fmt_bytes, state_bytes
 
 SIZE, BATCH = 256, 16
 CONCURRENT = [1, 2, 4]
@@ -46,15 +48,15 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def step_table(device: torch.device) -> str:
-    args = bench.parse_args(["--steps", "5", "--warmup", "2", "--chunk", "10"])
+    timing = bench.Timing(steps=5, warmup=2, chunk=10)
     with contextlib.redirect_stdout(sys.stderr):  # the bench's progress lines stay out of the markdown
-        result = bench.bench_setting(SIZE, BATCH, device, args, keep=list(bench.ROW_KEYS.values()))
+        result = bench.bench_setting(SIZE, BATCH, device, timing)
     reference = statistics.median(result.rows[0].times)
     rows = []
     for row in result.rows:
         seconds = statistics.median(row.times)
         name = row.name + (" **[default]**" if row.name == result.default else "")
-        memory = bench.state_bytes(row.step.G, row.step.D, row.step.opt_G, row.step.opt_D) + row.extra_memory
+        memory = state_bytes(row.step.G, row.step.D, row.step.opt_G, row.step.opt_D) + row.extra_memory
         rows.append(
             [
                 name,
@@ -62,7 +64,7 @@ def step_table(device: torch.device) -> str:
                 f"{BATCH / seconds:.0f}",
                 f"{reference / seconds:.2f}",
                 f"{result.flops / seconds / 1e12:.1f}",
-                bench.fmt_bytes(memory),
+                fmt_bytes(memory),
                 f"{row.first_step_s:.1f}",
             ]
         )
@@ -71,8 +73,7 @@ def step_table(device: torch.device) -> str:
 
 
 def concurrent_table() -> str:
-    args = bench.parse_args(["--steps", "3", "--warmup", "3", "--chunk", "10"])
-    results = bench.measure_concurrent(CONCURRENT, SIZE, BATCH, args)
+    results = measure_concurrent(CONCURRENT, SIZE, BATCH, bench.Timing(steps=3, warmup=3, chunk=10))
     single = results[0].images_per_s
     rows = [
         [

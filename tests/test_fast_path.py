@@ -158,8 +158,8 @@ def test_channels_last_auto_follows_the_cpu_and_the_bench_marks_the_default_row(
         cfg.replace(channels_last="off"), torch.device("cuda")
     )
     rows = bench.row_configs(TrainConfig(device="cpu"), CPU)
-    side_rows = [name for name, _ in rows if "off by default here" in name]
+    side_rows = [row.name for row in rows if "off by default here" in row.name]
     assert side_rows == ([] if bf16_units else ["+channels_last (off by default here)"])
     # The rows below the side row go on without channels-last, so one of them is the default.
-    assert all((row.channels_last == "on") is bf16_units for name, row in rows[2:] if name not in side_rows)
+    assert all((row.cfg.channels_last == "on") is bf16_units for row in rows[2:] if row.name not in side_rows)
     assert bench.default_row_name(rows, CPU) == "+no per-step sync"  # compile: auto stays off on CPU

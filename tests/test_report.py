@@ -14,21 +14,30 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from PIL import Image
 
 from orchestrator import report
+from orchestrator.report import cli, load, plots
+from orchestrator.report.wandb_report import build_wandb_report
+from orchestrator.spec import Param
+from orchestrator.study import load_study, write_study
 from orchestrator.wandb_logging import open_trial_logger
 from trainer.export import CARD, SAMPLES
 from trainer.visualize import save_grid
 
 SPACE = {
-    "lambda_l1": {"type": "float", "low": 10.0, "high": 500.0, "log": True},
-    "dropout": {"type": "float", "low": 0.0, "high": 0.6, "log": False},
-    "batch_size": {"type": "int", "low": 8, "high": 32, "log": False},
-    "lr_policy": {"type": "categorical", "choices": ["linear", "cosine"]},
+    p.name: p
+    for p in (
+        Param("lambda_l1", "float", 10.0, 500.0, log=True),
+        Param("dropout", "float", 0.0, 0.6),
+        Param("batch_size", "int", 8, 32),
+        Param("lr_policy", "categorical", choices=("linear", "cosine")),
+    )
 }
+SCRIPT = "<script>alert(1)</script>"
 EPOCHS = 6
 STATUSES = ["finished", "stopped_asha", "finished", "stopped_plateau", "finished", "stopped_asha", "failed"]
 
@@ -60,7 +69,7 @@ def trial(i: int, status: str, rng: np.random.Generator) -> dict:
     return {
         "trial_id": f"a1b2c_{i:05d}",
         "status": status,
-        "reason": "RuntimeError: out of memory" if status == "failed" else status.replace("_", " "),
+        "reason": f"RuntimeError: out of memory {SCRIPT}" if status == "failed" else status.replace("_", " "),
         "params": params,
         "history": rows,
         "epochs": epochs,
@@ -69,8 +78,22 @@ def trial(i: int, status: str, rng: np.random.Generator) -> dict:
     }
 
 
-def make_experiment(folder: Path, trials: list[dict], with_best: bool = True) -> Path:
-    """A finished search's folder: summary.json, best/model_card.json and best/samples.png."""
+def study_trial(t: dict) -> optuna.trial.FrozenTrial:
+    """A summary trial as the search's study holds it (orchestrator.study.StudyWriter): valued by its
+    best val SSIM, or FAIL."""
+    failed = t["status"] == "failed" or t["best_val_ssim"] is None
+    return optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.COMPLETE,
+        value=None if failed else t["best_val_ssim"],
+        params=t["params"],
+        distributions={n: p.distribution() for n, p in SPACE.items()},
+        user_attrs={"trial_id": t["trial_id"], "end_reason": t["status"]},
+        intermediate_values={h["epoch"]: h["val_ssim"] for h in t["history"]},
+    )
+
+
+def make_experiment(folder: Path, trials: list[dict], with_best: bool = True, with_study: bool = True) -> Path:
+    """A finished search's folder: summary.json, optuna.db, best/model_card.json and best/samples.png."""
     scored = [t for t in trials if t["best_val_ssim"] is not None]
     best_trial = max(scored, key=lambda t: t["best_val_ssim"]) if scored and with_best else None
     best = None
@@ -89,14 +112,15 @@ def make_experiment(folder: Path, trials: list[dict], with_best: bool = True) ->
         save_grid(folder / "best" / SAMPLES, *images)
         card = {"trial_id": best_trial["trial_id"], "params": best_trial["params"], "files": ["generator.pt"]}
         (folder / "best" / CARD).write_text(json.dumps(card))
+    name = "glyphs <demo> & co"
     summary = {
-        "name": "glyphs <demo> & co",
+        "name": name,
         "experiment_dir": str(folder),
         "metric": "val_ssim",
         "mode": "max",
         "data": "builtin:glyphs",
         "fixed": {"size": 32, "epochs": EPOCHS, "ngf": 8, "ndf": 8},
-        "space": SPACE,
+        "space": {n: p.describe() for n, p in SPACE.items()},
         "num_samples": len(trials),
         "wall_seconds": 754.2,
         "wandb": {"mode": "offline", "dir": str(folder / "wandb"), "sync_command": "wandb sync x"},
@@ -105,6 +129,8 @@ def make_experiment(folder: Path, trials: list[dict], with_best: bool = True) ->
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "summary.json").write_text(json.dumps(summary))
+    if with_study:
+        write_study(str(folder), name, [study_trial(t) for t in trials])
     return folder
 
 
@@ -201,11 +227,51 @@ def test_report_without_best_and_with_few_trials(tmp_path: Path) -> None:
     assert all(t["trial_id"] in page for t in trials)
 
 
-def test_param_importances_use_the_space(experiment: Path) -> None:
-    summary = report.load_summary(experiment)
-    importances = report.param_importances(summary, list(SPACE))
+def test_param_importances_are_optunas_on_the_studys_trials(experiment: Path) -> None:
+    summary = load.load_summary(experiment)
+    importances = load.param_importances(experiment, summary["name"])
     assert isinstance(importances, dict) and set(importances) == set(SPACE)
     assert math.isclose(sum(importances.values()), 1.0, rel_tol=1e-6)
+    expected = optuna.importance.get_param_importances(load_study(experiment, summary["name"]))
+    assert importances == pytest.approx(expected)
+
+
+def test_report_without_a_study_says_why_there_are_no_importances(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    trials = [trial(i, "finished", rng) for i in range(5)]
+    folder = make_experiment(tmp_path / "exp", trials, with_study=False)
+    page = report.write_report(folder).read_text()
+    parse(page)
+    assert "No Optuna study (optuna.db)" in page
+    assert not (folder / "optuna.db").exists(), "reading the report must not create a study file"
+
+
+def test_a_reason_with_markup_is_shown_as_text(page: str) -> None:
+    assert SCRIPT not in page
+    assert "RuntimeError: out of memory &lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_val_ssim_axis_starts_at_a_quantile_not_the_worst_epoch() -> None:
+    # Every trial starts near 0.3 and the good ones end near 0.9: the first epochs must not set the scale.
+    curves = [[0.3, 0.7, 0.85, 0.88, 0.9, 0.91]] * 6 + [[0.31, 0.8, 0.86, 0.87]]
+    low, high = plots.curves_y_limits(curves)
+    assert 0.6 < low < 0.8 and 0.91 < high < 0.95
+
+
+@pytest.mark.parametrize("low, high", [(1e-5, 1e-3), (10.0, 500.0), (1e-6, 1.0)])
+def test_log_axis_ticks_are_few_and_short(low: float, high: float) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2, 3.4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    spec = Param("p", "float", low, high, log=True).describe()
+    ax.plot(plots.scatter_axis(ax, spec, [low, high]), [0, 1])
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    labels = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi and t.get_text()]
+    assert 2 <= len(labels) <= 6 and max(map(len, labels)) <= 6, labels
 
 
 def test_cli_exits_2_with_one_line_for_a_missing_folder(tmp_path: Path) -> None:
@@ -219,7 +285,7 @@ def test_cli_exits_2_with_one_line_for_a_missing_folder(tmp_path: Path) -> None:
 def test_cli_exits_2_with_one_line_for_an_invalid_summary(tmp_path: Path, content: str, capsys) -> None:
     (tmp_path / "summary.json").write_text(content)
     with pytest.raises(SystemExit) as exit_info:
-        report.main([str(tmp_path)])
+        cli.main([str(tmp_path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
@@ -240,7 +306,7 @@ def test_cli_online_without_network_writes_html_and_says_so_once(
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{s.getsockname()[1]}")
-    assert report.main([str(folder), "--wandb", "online"]) == 0
+    assert cli.main([str(folder), "--wandb", "online"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"report: {folder / 'report.html'}"
     assert len(lines) == 2 and "unreachable" in lines[1] and "HTML report is written" in lines[1]
@@ -249,8 +315,8 @@ def test_cli_online_without_network_writes_html_and_says_so_once(
 
 def test_wandb_report_object_builds_offline(experiment: Path) -> None:
     pytest.importorskip("wandb_workspaces")
-    summary = report.load_summary(experiment)
-    built = report.build_wandb_report(summary, project="pix2pix-tune", entity="someone")
+    summary = load.load_summary(experiment)
+    built = build_wandb_report(summary, project="pix2pix-tune", entity="someone")
     grid = built.blocks[-1]
     kinds = {type(p).__name__ for p in grid.panels}
     assert {"LinePlot", "ParallelCoordinatesPlot", "ParameterImportancePlot", "ScatterPlot", "MediaBrowser"} <= kinds
