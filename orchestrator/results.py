@@ -22,6 +22,7 @@ from trainer.export import export_generator, generator_from_checkpoint
 from trainer.loop import MEAN_IMAGE, baseline_metrics, evaluate, load_run_data, pick_device
 
 SUMMARY_FILE = "summary.json"
+EXPORT_DIR = "best"  # the best trial's exported generator, in the experiment folder
 GRID_SAMPLES = 8
 VERSIONED_PACKAGES = ("torch", "torchvision", "ray", "optuna", "wandb", "scikit-image", "onnx", "onnxruntime")
 

@@ -22,7 +22,8 @@ from orchestrator.preflight import check_search
 from orchestrator.progress import LiveTrialTable
 from orchestrator.ray_output import RAY_LOG, result_loggers, route_ray_logs
 from orchestrator.report import publish_wandb_report, write_report
-from orchestrator.results import export_best, render_summary, summarize_trials, write_summary
+from orchestrator.report.page import REPORT
+from orchestrator.results import EXPORT_DIR, SUMMARY_FILE, export_best, render_summary, summarize_trials, write_summary
 from orchestrator.retention import CheckpointRetention
 from orchestrator.spec import SPEC_FILE, SearchSpec, format_duration, save_spec
 from orchestrator.study import ARTIFACT_DIR, STUDY_FILE, StudyWriter, dashboard_command
@@ -217,7 +218,7 @@ def run_search(
         trials = summarize_trials(results, cfg.epochs, TrialEndings.read(out_dir), spec.search.time_budget)
         # An interrupted search exports nothing: its best so far is not the search's result.
         best = (
-            export_best(results, trials, spec, out_dir / "best", experiment_path)
+            export_best(results, trials, spec, out_dir / EXPORT_DIR, experiment_path)
             if state == SearchState.FINISHED
             else None
         )
@@ -242,7 +243,7 @@ def run_search(
         name,
         wandb_dir,
         trials,
-        out_dir / "best" if best else None,
+        out_dir / EXPORT_DIR if best else None,
         best.get("card") if best else None,
         config={"space": summary["space"], "search": summary["search"], "train": summary["fixed"], "data": cfg.data},
     )
@@ -254,7 +255,7 @@ def run_search(
     return summary
 
 
-UPLOADED = ("best", "summary.json", "report.html", SPEC_FILE, STUDY_FILE, ARTIFACT_DIR)
+UPLOADED = (EXPORT_DIR, SUMMARY_FILE, REPORT, SPEC_FILE, STUDY_FILE, ARTIFACT_DIR)
 
 
 def upload_outputs(out_dir: Path, experiment_uri: str, names: tuple[str, ...] = UPLOADED) -> None:

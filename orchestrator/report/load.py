@@ -16,14 +16,13 @@ from typing import Any
 
 import optuna
 
-from orchestrator.results import SUMMARY_FILE
+from orchestrator.outcomes import SEARCH_METRIC
+from orchestrator.results import EXPORT_DIR, SUMMARY_FILE
 from orchestrator.study import STUDY_FILE, load_study
 from trainer import export
 from trainer.errors import UserError
 
-EXPORT_DIR = Path("best")  # where the search exports the best trial (orchestrator.runner)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-METRIC = "best_val_ssim"  # a trial's value: its best epoch's val SSIM, as the search ranks and the study stores it
 MIN_TRIALS_FOR_IMPORTANCE = 4  # below this PED-ANOVA's top-10% quantile is one trial: noise, not importance
 
 
@@ -133,7 +132,7 @@ def wandb_dir(summary: dict[str, Any], experiment_dir: Path) -> Path | None:
 
 def scored(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Trials that reached at least one validation: the only ones with a value to plot or rank."""
-    return [t for t in trials if isinstance(t.get(METRIC), (int, float)) and math.isfinite(t[METRIC])]
+    return [t for t in trials if isinstance(t.get(SEARCH_METRIC), (int, float)) and math.isfinite(t[SEARCH_METRIC])]
 
 
 def best_trial_id(summary: dict[str, Any]) -> str | None:
@@ -141,7 +140,7 @@ def best_trial_id(summary: dict[str, Any]) -> str | None:
     if isinstance(best, dict) and best.get("trial_id") is not None:
         return str(best["trial_id"])
     ranked = scored(summary["trials"])
-    return str(max(ranked, key=lambda t: t[METRIC])["trial_id"]) if ranked else None
+    return str(max(ranked, key=lambda t: t[SEARCH_METRIC])["trial_id"]) if ranked else None
 
 
 def param_names(summary: dict[str, Any]) -> list[str]:

@@ -16,8 +16,9 @@ from typing import Any
 
 import jinja2
 
+from orchestrator.outcomes import SEARCH_METRIC
 from orchestrator.report import plots
-from orchestrator.report.load import METRIC, Experiment, best_trial_id, load_experiment, param_names, scored, wandb_dir
+from orchestrator.report.load import Experiment, best_trial_id, load_experiment, param_names, scored, wandb_dir
 from orchestrator.report.text import fmt, format_duration
 from orchestrator.wandb_offline import WandbLogError, find_runs, read_run
 from trainer.checkpoint import write_atomic_text
@@ -105,7 +106,7 @@ def header_facts(summary: dict[str, Any], best_id: str | None) -> list[tuple[str
     if best_id is not None:
         val = (best.get("val") or {}).get("val_ssim")
         trial = next((t for t in trials if str(t["trial_id"]) == best_id), {})
-        ssim = val if val is not None else trial.get(METRIC)
+        ssim = val if val is not None else trial.get(SEARCH_METRIC)
         epoch = best.get("epoch", trial.get("best_epoch"))
         best_text = f"{best_id}: val SSIM {fmt(ssim)} at epoch {fmt(epoch)}"
     return [
@@ -201,7 +202,7 @@ def test_metrics_section(best: dict[str, Any] | None) -> Section:
 
 
 def trials_section(summary: dict[str, Any], names: list[str], best_id: str | None) -> Section:
-    trials = sorted(summary["trials"], key=lambda t: (t.get(METRIC) is None, -(t.get(METRIC) or 0.0)))
+    trials = sorted(summary["trials"], key=lambda t: (t.get(SEARCH_METRIC) is None, -(t.get(SEARCH_METRIC) or 0.0)))
     headers = ["trial", "status", *names, "epochs run", "best val SSIM", "best epoch", "reason"]
     rows = [
         [
@@ -209,7 +210,7 @@ def trials_section(summary: dict[str, Any], names: list[str], best_id: str | Non
             t.get("status"),
             *(t.get("params", {}).get(n) for n in names),
             t.get("epochs"),
-            t.get(METRIC),
+            t.get(SEARCH_METRIC),
             t.get("best_epoch"),
             t.get("reason", ""),
         ]

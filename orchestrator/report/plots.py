@@ -18,9 +18,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from orchestrator.report.load import METRIC, scored
+from orchestrator.outcomes import SEARCH_METRIC, EndReason
+from orchestrator.report.load import scored
 from orchestrator.report.text import fmt
-from orchestrator.trainable import FAILED, FINISHED, INTERRUPTED, STOPPED_ASHA, STOPPED_BUDGET, STOPPED_PLATEAU
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,12 @@ class Style:
 
 
 STATUS_STYLES = {
-    FINISHED: Style("#1b9e77", "o"),
-    STOPPED_ASHA: Style("#7570b3", "v"),
-    STOPPED_PLATEAU: Style("#d95f02", "s"),
-    STOPPED_BUDGET: Style("#66a61e", "D"),
-    INTERRUPTED: Style("#a6761d", "P"),
-    FAILED: Style("#e7298a", "X"),
+    EndReason.FINISHED: Style("#1b9e77", "o"),
+    EndReason.STOPPED_ASHA: Style("#7570b3", "v"),
+    EndReason.STOPPED_PLATEAU: Style("#d95f02", "s"),
+    EndReason.STOPPED_BUDGET: Style("#66a61e", "D"),
+    EndReason.INTERRUPTED: Style("#a6761d", "P"),
+    EndReason.FAILED: Style("#e7298a", "X"),
 }
 OTHER_STYLE = Style("#888888", "o")
 BEST_STAR = {"marker": "*", "color": "gold", "markeredgecolor": "black", "markersize": 16}
@@ -100,7 +100,7 @@ def plot_val_ssim(trials: list[dict[str, Any]], best_id: str | None) -> bytes | 
         is_best = str(trial["trial_id"]) == best_id
         look = style(status)
         color = "black" if is_best else look.color
-        ended_early = status != FINISHED
+        ended_early = status != EndReason.FINISHED
         # Finished trials underneath, trials that ended early on top with a marker on every epoch
         # (a short line hides under the long ones otherwise), the best trial above all.
         ax.plot(
@@ -148,7 +148,7 @@ def plot_param_scatter(summary: dict[str, Any], names: list[str], best_id: str |
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
     # finished trials first, so the markers of trials that ended early are drawn over them
-    trials = sorted(trials, key=lambda t: t.get("status") != FINISHED)
+    trials = sorted(trials, key=lambda t: t.get("status") != EndReason.FINISHED)
     for ax, name in zip(axes.flat, names, strict=False):  # axes beyond the names stay hidden
         present = [t for t in trials if name in t.get("params", {})]
         xs = scatter_axis(ax, space.get(name), [t["params"][name] for t in present])
@@ -156,7 +156,7 @@ def plot_param_scatter(summary: dict[str, Any], names: list[str], best_id: str |
             look = style(t.get("status", ""))
             ax.plot(
                 [x],
-                [t[METRIC]],
+                [t[SEARCH_METRIC]],
                 linestyle="",
                 marker=look.marker,
                 markersize=7,
@@ -164,7 +164,7 @@ def plot_param_scatter(summary: dict[str, Any], names: list[str], best_id: str |
                 markeredgecolor="white",
             )
             if str(t["trial_id"]) == best_id:
-                ax.plot([x], [t[METRIC]], zorder=3, **BEST_STAR)
+                ax.plot([x], [t[SEARCH_METRIC]], zorder=3, **BEST_STAR)
         ax.set_xlabel(name)
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
@@ -219,7 +219,7 @@ def plot_parallel_coordinates(summary: dict[str, Any], names: list[str]) -> byte
     if len(trials) < 2 or not names:
         return None
     space = summary.get("space") or {}
-    scores = [t[METRIC] for t in trials]
+    scores = [t[SEARCH_METRIC] for t in trials]
     lo, hi = min(scores), max(scores)
     columns = {n: [t["params"][n] for t in trials] for n in names}
     fig = Figure(figsize=(max(6, 1.8 * (len(names) + 1)), 4))
@@ -228,7 +228,7 @@ def plot_parallel_coordinates(summary: dict[str, Any], names: list[str]) -> byte
     for order in np.argsort(scores):  # best drawn last, on top
         trial = trials[order]
         ys = [axis_position(trial["params"][n], space.get(n), columns[n]) for n in names]
-        ys.append(0.5 if hi == lo else (trial[METRIC] - lo) / (hi - lo))
+        ys.append(0.5 if hi == lo else (trial[SEARCH_METRIC] - lo) / (hi - lo))
         ax.plot(range(len(ys)), ys, color=cmap(ys[-1]), alpha=0.85, linewidth=1.5)
     labels = []
     for n in names:

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from orchestrator.report.load import METRIC, best_trial_id, param_names, wandb_dir
+from orchestrator.outcomes import SEARCH_METRIC
+from orchestrator.report.load import best_trial_id, param_names, wandb_dir
 from orchestrator.wandb_logging import api_key_configured, server_reachable, wandb_base_url
 from orchestrator.wandb_offline import WandbLogError, find_runs, read_run
 
@@ -31,12 +32,15 @@ def build_wandb_report(summary: dict[str, Any], project: str, entity: str | None
         wr.LinePlot(title="Validation SSIM per epoch", y=["val_ssim"]),
         wr.ParallelCoordinatesPlot(
             columns=[wr.ParallelCoordinatesPlotColumn(metric=wr.Config(n), log=log_scale[n] or None) for n in names]
-            + [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(METRIC))],
+            + [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(SEARCH_METRIC))],
         ),
-        wr.ParameterImportancePlot(with_respect_to=METRIC),
+        wr.ParameterImportancePlot(with_respect_to=SEARCH_METRIC),
         *(
             wr.ScatterPlot(
-                title=f"{n} vs best val SSIM", x=wr.Config(n), y=wr.SummaryMetric(METRIC), log_x=log_scale[n] or None
+                title=f"{n} vs best val SSIM",
+                x=wr.Config(n),
+                y=wr.SummaryMetric(SEARCH_METRIC),
+                log_x=log_scale[n] or None,
             )
             for n in names
         ),
