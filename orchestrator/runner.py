@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import time
 import warnings
 from pathlib import Path
@@ -46,8 +47,24 @@ def start_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
+        use_a_token_of_this_search()
         ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024**2)
     return True
+
+
+def use_a_token_of_this_search() -> None:
+    """Ray 2.60 binds its servers to every network interface and has no setting to keep them on
+    loopback (later Ray binds them to the node's address). So the embedded Ray requires a token made
+    for this search, held in this process's environment (inherited by Ray's processes, readable by
+    this user only) instead of Ray's default, ~/.ray/auth_token written with the umask's 0644.
+    A user who set RAY_AUTH_MODE or RAY_AUTH_TOKEN keeps their choice."""
+    if "RAY_AUTH_MODE" in os.environ or "RAY_AUTH_TOKEN" in os.environ:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    # Ray's core read its settings when `ray` was imported: have it read them again, as Ray's own
+    # token set-up does (ray._private.authentication.authentication_token_setup._enable_token_auth).
+    ray._raylet.Config.initialize("")
 
 
 def make_searcher(spec: SearchSpec) -> OptunaSearch:

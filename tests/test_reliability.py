@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from search_cli import TINY
+from search_cli import TINY, search_env
 
 from orchestrator import search
 from orchestrator.preflight import check_search
@@ -61,3 +64,28 @@ def test_memory_estimate_counts_the_real_networks_and_grows_with_size() -> None:
     assert weights < generator_bytes(gcfg) < weights + 64 * 64 * 3 * 4 * 200  # weights plus activations
     one, five, nine = (training_bytes(TrainConfig(size=64, ngf=8, ndf=8, batch_size=b)) for b in (1, 5, 9))
     assert nine - five == five - one > 0  # activations grow with the batch, the weights do not
+
+
+def test_the_embedded_ray_refuses_a_client_without_this_searchs_token(tmp_path: Path) -> None:
+    """Ray 2.60 listens on every interface; what keeps others out is a token made for this search,
+    never written to disk (Ray's own default is ~/.ray/auth_token, mode 0644)."""
+    probe = (
+        "import json, sys, ray\n"
+        "from orchestrator.runner import start_ray\n"
+        "start_ray(None)\n"
+        "print(json.dumps(ray.get_runtime_context().gcs_address), flush=True)\n"
+        "sys.stdin.read()\n"  # keep Ray up until the test has tried to join it
+    )
+    env = {k: v for k, v in search_env(HOME=str(tmp_path)).items() if not k.startswith("RAY_AUTH")}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", probe], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        gcs = json.loads(driver.stdout.readline())
+        join = f"import ray; ray.init(address={gcs!r}); print('joined')"
+        stranger = subprocess.run([sys.executable, "-c", join], env=env, capture_output=True, text=True, timeout=120)
+        assert stranger.returncode != 0 and "joined" not in stranger.stdout
+        assert "token" in stranger.stderr.lower()
+    finally:
+        driver.communicate("", timeout=60)
+    assert not (tmp_path / ".ray" / "auth_token").exists()
