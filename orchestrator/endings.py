@@ -22,12 +22,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from orchestrator.outcomes import Ending
+from orchestrator.outcomes import Ending, error_line
 from trainer.checkpoint import write_json
 
 # Set by the first Ctrl-C of this driver process. Module state, not an attribute: a resumed search runs
@@ -72,6 +73,7 @@ class TrialEndings(tune.Callback):
         self.budget_seconds = budget_seconds
         self.record = str(Path(out_dir) / self.FILE)
         self.ended: dict[str, str] = {}
+        self.retries: dict[str, list[str]] = {}  # trial id -> why each failed attempt failed (Tune retried it)
         self.used_before = 0.0  # seconds spent by earlier runs of this search (before a resume)
         self._started: float | None = None
 
@@ -93,6 +95,10 @@ class TrialEndings(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended[trial.trial_id] = Ending.ERROR
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A failed attempt that Tune retries from the trial's last checkpoint (FailureConfig)."""
+        self.retries.setdefault(trial.trial_id, []).append(latest_failure(trial))
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         cut_short = Ending.BUDGET if self.budget_spent() and not CTRL_C.is_set() else Ending.INTERRUPTED
         for trial in trials:
@@ -101,14 +107,35 @@ class TrialEndings(tune.Callback):
         write_json(Path(self.record), self.get_state())
 
     @classmethod
-    def read(cls, out_dir: Path) -> dict[str, str]:
-        """trial id -> complete / error / budget / interrupted, as the last run of the search left it."""
+    def read(cls, out_dir: Path) -> EndingsRecord:
+        """The record as the last run of the search left it (empty when no run got that far)."""
         path = Path(out_dir) / cls.FILE
-        return json.loads(path.read_text())["ended"] if path.is_file() else {}
+        state = json.loads(path.read_text()) if path.is_file() else {}
+        return EndingsRecord(state.get("ended", {}), state.get("retries", {}))
 
     def get_state(self) -> dict[str, Any]:
-        return {"ended": dict(self.ended), "used": self.seconds_used()}
+        return {"ended": dict(self.ended), "retries": dict(self.retries), "used": self.seconds_used()}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.ended = dict(state["ended"])
+        self.retries = dict(state.get("retries", {}))
         self.used_before = state["used"]
+
+
+def latest_failure(trial: Any) -> str:
+    """The last failure of a trial in one line, from the error file Tune has just appended it to
+    (Trial.get_error reads storage, where that file arrives later)."""
+    path = trial.error_file
+    if path is None or not Path(path).is_file():
+        return "unknown error"
+    latest = Path(path).read_text().rsplit("Failure # ", 1)[-1].split("\n", 1)[-1]
+    return error_line(RuntimeError(latest)) or "unknown error"
+
+
+@dataclass(frozen=True)
+class EndingsRecord:
+    """What TrialEndings wrote: trial id -> complete / error / budget / interrupted, and trial id ->
+    the reasons of its failed attempts that Tune retried."""
+
+    ended: dict[str, str] = field(default_factory=dict)
+    retries: dict[str, list[str]] = field(default_factory=dict)

@@ -76,3 +76,14 @@ def describe_end(reason: EndReason, epochs_run: int, epochs: int, best_epoch: in
         EndReason.INTERRUPTED: f"the search was interrupted during epoch {epochs_run + 1}; --resume continues it",
         EndReason.FAILED: error,
     }[reason]
+
+
+def error_line(error: BaseException | None) -> str:
+    """The root cause in one line (Ray wraps trial errors in its own exception types)."""
+    if error is None:
+        return ""
+    cause = error
+    while getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(cause).__name__

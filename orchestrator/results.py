@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from orchestrator.outcomes import EPOCH_KEYS, Ending, EndReason, SearchState, describe_end, end_reason
+from orchestrator.endings import EndingsRecord
+from orchestrator.outcomes import EPOCH_KEYS, Ending, EndReason, SearchState, describe_end, end_reason, error_line
 from orchestrator.spec import SearchSpec, format_duration
 from trainer.checkpoint import BEST_GENERATOR, load_torch, write_json
 from trainer.config import TrainConfig
@@ -44,14 +45,14 @@ def saved_best(checkpointed: dict[str, Any] | None) -> tuple[float | None, int |
 def summarize_trials(
     results: Any,
     epochs: int,
-    endings: dict[str, str] | None = None,
+    endings: EndingsRecord | None = None,
     budget_seconds: float = 0.0,
     extra_history_keys: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """One record per Tune trial: status, why it ended, params, per-epoch history (EPOCH_KEYS and
     any extra columns of Tune's results, such as its timestamp). `endings` is the driver's record of
-    how each trial ended (orchestrator.endings.TrialEndings.read)."""
-    endings = endings or {}
+    how each trial ended and why any attempt of it was retried (orchestrator.endings.TrialEndings.read)."""
+    endings = endings or EndingsRecord()
     keys = EPOCH_KEYS + extra_history_keys
     trials = []
     for result in results:
@@ -64,7 +65,7 @@ def summarize_trials(
                     history.append({k: _number(row[k]) for k in keys if k in row})
         epochs_run = int(metrics.get("epoch", 0))
         trial_id = metrics.get("trial_id", Path(result.path).name)
-        ending = Ending.ERROR if result.error is not None else endings.get(trial_id)
+        ending = Ending.ERROR if result.error is not None else endings.ended.get(trial_id)
         status = end_reason(epochs_run, epochs, bool(metrics.get("plateau_stop")), ending)
         # Result.best_checkpoints is in reporting order (no score attribute): the last is the latest.
         best_val_ssim, best_epoch = saved_best(result.best_checkpoints[-1][1] if result.best_checkpoints else None)
@@ -86,22 +87,12 @@ def summarize_trials(
                 "epochs": epochs_run,
                 "best_val_ssim": best_val_ssim,
                 "best_epoch": best_epoch,
+                "retries": endings.retries.get(trial_id, []),  # why each retried attempt failed
                 "node_id": metrics.get("node_id"),
                 "gpu_ids": metrics.get("gpu_ids"),
             }
         )
     return sorted(trials, key=lambda t: t["trial_id"])
-
-
-def error_line(error: BaseException | None) -> str:
-    """The root cause in one line (Ray wraps trial errors in its own exception types)."""
-    if error is None:
-        return ""
-    cause = error
-    while getattr(cause, "cause", None) is not None:
-        cause = cause.cause
-    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(cause).__name__
 
 
 def latest_checkpoint(results: Any, trial_id: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -28,7 +29,7 @@ from orchestrator.results import EXPORT_DIR, SUMMARY_FILE, export_best, render_s
 from orchestrator.retention import CheckpointRetention
 from orchestrator.spec import SPEC_FILE, SearchSpec, format_duration, save_spec
 from orchestrator.study import ARTIFACT_DIR, STUDY_FILE, StudyWriter, dashboard_command
-from orchestrator.trainable import TrialSettings, run_trial
+from orchestrator.trainable import TrialSettings, run_trial, scratch_dir
 from orchestrator.wandb_callback import WandbTrialLogger
 from orchestrator.wandb_logging import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
 from trainer.errors import UserError
@@ -243,6 +244,8 @@ def run_search(
         if started_ray:
             ray.shutdown()
         restore_ray_logs()
+    for trial in trials:  # scratch folders of attempts killed before their own clean-up (on this machine)
+        shutil.rmtree(scratch_dir(trial["trial_id"]), ignore_errors=True)
 
     # Paths in the experiment's own files are relative to its folder, which may move.
     wandb_info = (

@@ -36,8 +36,8 @@ import optuna
 from ray import tune
 
 from orchestrator.endings import TrialEndings
-from orchestrator.outcomes import Ending, EndReason, end_reason
-from orchestrator.results import error_line, saved_best
+from orchestrator.outcomes import Ending, EndReason, end_reason, error_line
+from orchestrator.results import saved_best
 from orchestrator.trainable import PANEL_FILE
 
 STUDY_FILE = "optuna.db"
@@ -155,6 +155,8 @@ class StudyWriter(tune.Callback):
             user_attrs.update(best_val_ssim=best, best_epoch=best_epoch)
         if failed:
             user_attrs["error"] = error_line(trial.get_error())
+        if trial.trial_id in self.endings.retries:  # attempts that failed and Tune ran again
+            user_attrs["retries"] = self.endings.retries[trial.trial_id]
         params = {k: v for k, v in trial.config.items() if k in self.distributions}
         # An interrupted trial is PRUNED (stopped before its end, not failed) until --resume finishes it.
         if reason == EndReason.INTERRUPTED:

@@ -29,6 +29,7 @@ CHECKPOINT_FILES = (LAST, BEST_GENERATOR, SPLIT_FILE)
 DIVERGED_MARKER = "DIVERGED"  # a diverged run diverges again: retries fail at once instead of retraining
 PANEL_SAMPLES = 4  # fixed val pairs shown in W&B panels, the same ones every epoch
 PANEL_FILE = "val_samples.png"  # input | output | target rows, saved with the checkpoint
+SCRATCH_PREFIX = "pix2pix-trial-"
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,12 @@ def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
     if diverged.exists():
         raise TrainingDiverged(diverged.read_text())
     # The trainer's run folder is scratch space outside the trial folder: Tune's checkpoints are what
-    # persists, and Tune would otherwise copy the folder's checkpoints to storage a second time.
-    run_dir = Path(tempfile.mkdtemp(prefix="pix2pix-trial-"))
+    # persists, and Tune would otherwise copy the folder's checkpoints to storage a second time. Its
+    # name is the trial's, so an attempt killed before its `finally` (a lost worker, SIGKILL) leaves
+    # a folder that the retry on this node removes, and the driver removes the rest at the end.
+    run_dir = scratch_dir(tune.get_context().get_trial_id())
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
     try:
         train_and_report(cfg, run_dir, settings)
     except TrainingDiverged as err:
@@ -61,6 +66,10 @@ def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
         raise
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def scratch_dir(trial_id: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{trial_id}"
 
 
 def train_and_report(cfg: TrainConfig, run_dir: Path, settings: TrialSettings) -> None:

@@ -26,8 +26,8 @@ from PIL import Image
 from ray import tune
 
 from orchestrator.endings import TrialEndings
-from orchestrator.outcomes import EPOCH_KEYS, PROGRESS_KEYS, Ending, end_reason
-from orchestrator.results import error_line, saved_best
+from orchestrator.outcomes import EPOCH_KEYS, PROGRESS_KEYS, Ending, end_reason, error_line
+from orchestrator.results import saved_best
 from orchestrator.trainable import PANEL_FILE
 from orchestrator.wandb_logging import RunLogger, open_trial_logger
 
@@ -197,6 +197,8 @@ class WandbTrialLogger(tune.Callback):
         }
         if ending == Ending.ERROR:
             summary["error"] = error_line(trial.get_error())
+        if trial.trial_id in self.endings.retries:
+            summary["retries"] = len(self.endings.retries[trial.trial_id])
         self.send(trial, FinishRun(trial.trial_id, {k: v for k, v in summary.items() if v is not None}))
         self._open.discard(trial.trial_id)
 

@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 from search_cli import ROOT, search_command, search_env
 
+from orchestrator.trainable import scratch_dir
+
 MB = 1024**2
 NODE_STORE = 80 * MB  # each node's own object store (Ray would take 30% of RAM per node otherwise)
 SEARCH_TIMEOUT = 240  # seconds; a search here takes well under a minute without other load
@@ -267,6 +269,10 @@ def test_lost_worker_node_trials_resume_from_checkpoint_elsewhere(make_cluster, 
         assert {r["epoch"] for r in trial_rows} == set(range(1, epochs + 1)), trial
     for trial in summary["trials"]:
         assert trial["status"] == "finished", (trial["trial_id"], trial["status"], trial["reason"])
+        # summary.json says which trials were retried and why; no attempt left its scratch folder
+        retried_here = any(trial["trial_id"] in folder for folder in on_victim)
+        assert bool(trial["retries"]) == retried_here, (trial["trial_id"], trial["retries"])
+        assert not scratch_dir(trial["trial_id"]).exists()
         assert trial["epochs"] == epochs and trial["node_id"] in survivors | {victim}
         history = [int(h["epoch"]) for h in trial["history"]]
         assert sorted(set(history)) == list(range(1, epochs + 1)), (trial["trial_id"], history)

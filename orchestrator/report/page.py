@@ -212,11 +212,18 @@ def trials_section(summary: dict[str, Any], names: list[str], best_id: str | Non
             t.get("epochs"),
             t.get(SEARCH_METRIC),
             t.get("best_epoch"),
-            t.get("reason", ""),
+            retried(t.get("reason", ""), t.get("retries", [])),
         ]
         for t in trials
     ]
     return Section("All trials", tables=[Table(headers, rows, [str(t["trial_id"]) == best_id for t in trials])])
+
+
+def retried(reason: str, retries: list[str]) -> str:
+    """The end reason, and the failed attempts Tune retried before it (a lost node, a crash)."""
+    if not retries:
+        return reason
+    return f"{reason} (after {len(retries)} failed attempt{'s' if len(retries) > 1 else ''}: {'; '.join(retries)})"
 
 
 def card_section(card: dict[str, Any]) -> Section:
