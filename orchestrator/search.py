@@ -7,6 +7,7 @@ running Ray cluster. Every setting of the YAML spec can be overridden by a flag 
 from __future__ import annotations
 
 import argparse
+import errno
 import re
 import shlex
 import sys
@@ -140,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_search(spec, name, storage_path, out_dir, args)
     except KeyboardInterrupt:
         summary = {"state": SearchState.INTERRUPTED}
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        raise UserError(
+            f"no space left on the device{where}; free space and continue with: {resume_command(name, storage_path)}"
+        ) from None
     if summary["state"] == SearchState.INTERRUPTED:
         print(f"interrupted; continue the search with:\n  {resume_command(name, storage_path)}", file=sys.stderr)
         return EXIT_INTERRUPTED

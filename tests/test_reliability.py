@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -14,8 +15,12 @@ from search_cli import TINY, search_env
 from orchestrator import search
 from orchestrator.preflight import check_search
 from orchestrator.spec import load_spec
+from trainer.checkpoint import save_torch
 from trainer.config import GeneratorConfig, TrainConfig
+from trainer.errors import UserError
+from trainer.export import export_generator
 from trainer.memory import generator_bytes, training_bytes
+from trainer.models import UNetGenerator
 
 
 def run_search_expecting_error(tmp_path: Path, capsys, *flags: str) -> str:
@@ -58,8 +63,6 @@ def test_a_trial_too_big_for_this_machine_is_named_before_it_starts() -> None:
 @pytest.mark.fast
 def test_memory_estimate_counts_the_real_networks_and_grows_with_size() -> None:
     gcfg = GeneratorConfig(3, 3, 64, ngf=8)
-    from trainer.models import UNetGenerator
-
     weights = sum(p.numel() for p in UNetGenerator(gcfg).parameters()) * 4
     assert weights < generator_bytes(gcfg) < weights + 64 * 64 * 3 * 4 * 200  # weights plus activations
     one, five, nine = (training_bytes(TrainConfig(size=64, ngf=8, ndf=8, batch_size=b)) for b in (1, 5, 9))
@@ -89,3 +92,29 @@ def test_the_embedded_ray_refuses_a_client_without_this_searchs_token(tmp_path: 
     finally:
         driver.communicate("", timeout=60)
     assert not (tmp_path / ".ray" / "auth_token").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 2 MiB file system (tmpfs), where the machine lets the tests mount one."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_an_error_not_an_abort_and_leaves_no_temp_file(small_disk: Path) -> None:
+    with pytest.raises(OSError) as err:
+        save_torch(small_disk / "last.pt", {"weights": torch.zeros(1024, 1024)})  # 4 MiB into 2 MiB
+    assert err.value.errno == errno.ENOSPC
+    assert list(small_disk.iterdir()) == []
+
+
+def test_an_export_the_disk_cannot_hold_is_refused_before_writing(small_disk: Path) -> None:
+    G = UNetGenerator(GeneratorConfig(3, 3, 64, ngf=16))
+    with pytest.raises(UserError, match=r"best: the export needs about \d+ MiB but .* has [0-9.]+ MiB free"):
+        export_generator(G, small_disk / "best", {"name": "test"})
+    assert list(small_disk.iterdir()) == []

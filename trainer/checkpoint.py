@@ -7,6 +7,7 @@ optimizers, schedulers, the epoch, RNG states and the metric history. Loading us
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -92,7 +93,11 @@ def copy_atomic(src: Path, dst: Path) -> None:
 
 
 def save_torch(path: Path, obj: Any) -> None:
-    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    """Serialized in memory first: torch's own file writer aborts the process when the disk fills
+    (a C++ error thrown in a destructor), where Python's write raises OSError, which we can report."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def load_torch(path: Path) -> dict[str, Any]:

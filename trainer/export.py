@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import io
 import json
 import shutil
@@ -38,8 +39,10 @@ from safetensors.torch import save_file
 from trainer.checkpoint import (
     json_safe,
     load_torch,
+    save_torch,
     temp_dir_beside,
     use_default_permissions,
+    write_atomic_bytes,
     write_atomic_text,
     write_json,
 )
@@ -62,6 +65,8 @@ ONNX_TOLERANCE = 1e-4
 ONNX_OPSET = 18  # pinned: the exporter's default moves between torch releases; 18 runs on onnxruntime >= 1.14
 ONNX_INPUT, ONNX_OUTPUT = "input", "output"
 PROTOBUF_LIMIT = 2 * 1024**3
+WEIGHT_COPIES = 4  # generator.pt, model.safetensors, the TorchScript and the ONNX file each hold the weights
+EXPORT_EXTRA_BYTES = 16 * 2**20  # the sample grid, the card and the README, with room to spare
 ARCHITECTURE = "pix2pix U-Net generator"
 VALUE_RANGE = (-1.0, 1.0)
 # How pixels become the network's values and back (trainer.data reads, trainer.predict writes) for
@@ -84,17 +89,20 @@ def export_generator(
     folder = Path(folder)
     G = G.float().cpu().eval().to(memory_format=torch.contiguous_format)
     gcfg = G.cfg
+    check_free_space(folder, G)
     tmp = temp_dir_beside(folder)
     try:
         config = model_config(gcfg, card)
         state = {k: v.contiguous() for k, v in G.state_dict().items()}
-        torch.save({"generator_config": dataclasses.asdict(gcfg), "state_dict": state}, tmp / WEIGHTS)
+        save_torch(tmp / WEIGHTS, {"generator_config": dataclasses.asdict(gcfg), "state_dict": state})
         save_file(state, str(tmp / SAFETENSORS), metadata=safetensors_metadata(config))
         use_default_permissions(tmp / SAFETENSORS)  # safetensors writes a private (0600) temp file and renames it
         example = torch.zeros(2, gcfg.in_channels, gcfg.size, gcfg.size)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, yet still widely deployed
-            torch.jit.trace(G, example).save(str(tmp / TORCHSCRIPT))
+            traced = io.BytesIO()
+            torch.jit.save(torch.jit.trace(G, example), traced)  # in memory first, as save_torch does
+            write_atomic_bytes(tmp / TORCHSCRIPT, traced.getvalue())
         onnx_diff = export_onnx(G, tmp / ONNX, example, onnx_metadata(config))
         if samples is not None:
             inputs, targets = samples
@@ -107,9 +115,26 @@ def export_generator(
         write_atomic_text(tmp / README, render_model_card(card, config))
         write_json(tmp / CARD, card)
         replace_folder(tmp, folder)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise UserError(f"{folder}: the disk filled up during the export; free space and run it again") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return card
+
+
+def check_free_space(folder: Path, G: UNetGenerator) -> None:
+    """Refuse an export the disk cannot hold before writing any of it."""
+    weights = sum(t.numel() * t.element_size() for t in G.state_dict().values())
+    need = WEIGHT_COPIES * weights + EXPORT_EXTRA_BYTES
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise UserError(
+            f"{folder}: the export needs about {need / 2**20:.0f} MiB but {existing} has {free / 2**20:.0f} MiB free; "
+            "free space and run it again"
+        )
 
 
 def model_config(gcfg: GeneratorConfig, card: dict[str, Any]) -> dict[str, Any]:
