@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import shutil
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -187,29 +187,38 @@ def experiment_exists(experiment_path: str) -> bool:
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
-def run_search(
-    spec: SearchSpec, name: str, storage_path: str, out_dir: Path, args: argparse.Namespace
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunOptions:
+    """What one run of the driver is told besides the spec; unlike the spec, these may differ
+    between the runs of one search (a --resume may log to W&B differently or join a cluster)."""
+
+    address: str | None  # a Ray cluster to join; None starts Ray embedded
+    resume: bool
+    wandb: str | None  # off / offline / online; None: online when an API key is configured
+    wandb_project: str
+
+
+def run_search(spec: SearchSpec, name: str, storage_path: str, out_dir: Path, run: RunOptions) -> dict[str, Any]:
     os.environ.update(QUIET_ENV)
     experiment_path = f"{storage_path.rstrip('/')}/{name}"
-    if args.resume and not tune.Tuner.can_restore(experiment_path):
+    if run.resume and not tune.Tuner.can_restore(experiment_path):
         raise UserError(f"{experiment_path}: no search to resume there; check --storage-path and --name")
-    if not args.resume and experiment_exists(experiment_path):
+    if not run.resume and experiment_exists(experiment_path):
         raise UserError(f"{experiment_path}: already exists; pass --resume to continue it or choose another --name")
-    warnings = check_search(spec, args.address)  # before anything is written or Ray starts
+    warnings = check_search(spec, run.address)  # before anything is written or Ray starts
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
+    if not run.resume:
         save_spec(spec, out_dir)
         if "://" in experiment_path:  # so that a driver on another machine can resume it
             upload_outputs(out_dir, experiment_path, (SPEC_FILE,))
 
-    wandb_mode = check_online_or_fallback(resolve_wandb_mode(args.wandb))
+    wandb_mode = check_online_or_fallback(resolve_wandb_mode(run.wandb))
     wandb_dir = out_dir  # wandb writes its runs into <dir>/wandb/
     cfg = spec.trial_config({})
     settings = TrialSettings(
         fixed=spec.train, stop_patience=spec.search.stop_patience, image_every=spec.search.image_every
     )
-    callbacks = search_callbacks(spec, name, out_dir, wandb_mode, args.wandb_project, cfg.epochs)
+    callbacks = search_callbacks(spec, name, out_dir, wandb_mode, run.wandb_project, cfg.epochs)
     budget = f", time budget {format_duration(spec.search.time_budget)}" if spec.search.time_budget else ""
     console.print(
         f"[bold]search[/] {name}: {spec.search.num_samples} trials of {cfg.epochs} epochs on {cfg.data} "
@@ -220,11 +229,11 @@ def run_search(
     for warning in warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     restore_ray_logs = route_ray_logs(out_dir)
-    started_ray = start_ray(args.address)
+    started_ray = start_ray(run.address)
     started = time.time()
     try:
         trainable = make_trainable(spec, settings)
-        if args.resume:
+        if run.resume:
             console.print(f"resuming {experiment_path}")
             tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
             use_this_runs_callbacks(tuner, callbacks)
@@ -251,7 +260,7 @@ def run_search(
     wandb_info = (
         None
         if wandb_mode == "off"
-        else {"mode": wandb_mode, "project": args.wandb_project, "dir": ".", "sync_command": sync_command(".")}
+        else {"mode": wandb_mode, "project": run.wandb_project, "dir": ".", "sync_command": sync_command(".")}
     )
     summary = write_summary(out_dir, name, spec, state, trials, best, time.time() - started, wandb_info)
     if state == SearchState.INTERRUPTED:
@@ -259,7 +268,7 @@ def run_search(
         return summary
     log_search_run(
         wandb_mode,
-        args.wandb_project,
+        run.wandb_project,
         name,
         wandb_dir,
         trials,

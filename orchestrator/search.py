@@ -131,14 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     # Our own outputs (summary, report, export, Optuna study, W&B runs) need a local folder; with a
     # remote storage path they are written here and uploaded next to Tune's results.
     out_dir = (EXPERIMENTS.resolve() if is_uri(storage_path) else Path(storage_path)) / name
-    from orchestrator.runner import fetch_saved_spec, run_search  # imports Ray: keep --help and spec errors fast
+    from orchestrator.runner import RunOptions, fetch_saved_spec, run_search  # imports Ray: keep --help fast
 
     if args.resume:
         spec = resumed_spec(args, fetch_saved_spec(out_dir, f"{storage_path.rstrip('/')}/{name}"))
     else:
         spec = spec_from_args(args, load_spec(args.config or DEFAULT_SPEC))
     try:
-        summary = run_search(spec, name, storage_path, out_dir, args)
+        run = RunOptions(args.address, args.resume, args.wandb, args.wandb_project)
+        summary = run_search(spec, name, storage_path, out_dir, run)
     except KeyboardInterrupt:
         summary = {"state": SearchState.INTERRUPTED}
     except OSError as err:
