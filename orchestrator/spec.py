@@ -20,7 +20,7 @@ import optuna
 import yaml
 
 from trainer.checkpoint import write_atomic_text
-from trainer.config import TrainConfig, opt, trainer_parameter_names
+from trainer.config import TrainConfig, config_from_dict, opt, trainer_parameter_names
 from trainer.errors import UserError
 
 SECTIONS = ("train", "search", "space")
@@ -231,30 +231,10 @@ def _mapping(source: str, key: str, value: Any) -> dict[str, Any]:
 
 
 def _settings(source: str, values: dict[str, Any]) -> SearchSettings:
-    fields = {f.name: f for f in dataclasses.fields(SearchSettings)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise UserError(f"{source}: unknown key(s) search.{', search.'.join(unknown)}; allowed: {', '.join(fields)}")
     values = dict(values)
     if "time_budget" in values:
         values["time_budget"] = parse_duration(values["time_budget"], f"{source}: search.time_budget")
-    for name, value in values.items():
-        expected = type(fields[name].default)
-        if expected is bool:
-            if not isinstance(value, bool):
-                raise UserError(f"{source}: search.{name} must be true or false (got {value!r})")
-            continue
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if expected is int:
-            ok = ok and float(value).is_integer()
-        if not ok:
-            raise UserError(
-                f"{source}: search.{name} must be a{'n integer' if expected is int else ' number'} (got {value!r})"
-            )
-    try:
-        return SearchSettings(**{k: type(fields[k].default)(v) for k, v in values.items()})
-    except UserError as err:
-        raise UserError(f"{source}: {err}") from None
+    return config_from_dict(SearchSettings, values, source, "key(s)", key_prefix="search.")
 
 
 def _param(source: str, name: str, value: Any) -> Param:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from trainer.errors import UserError
+
+C = TypeVar("C")
 
 LrPolicy = Literal["linear", "cosine", "plateau"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -42,12 +44,7 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         _check(self.in_channels >= 1 and self.out_channels >= 1, "channels", "must be >= 1")
-        _check(
-            _is_power_of_two(self.size) and MIN_SIZE <= self.size <= MAX_SIZE,
-            "size",
-            f"must be a power of 2 between {MIN_SIZE} and {MAX_SIZE} (got {self.size}); "
-            "the U-Net halves the image down to 1x1",
-        )
+        _check_size(self.size)
         _check(self.ngf >= 1, "ngf", "must be >= 1")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
 
@@ -136,12 +133,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(isinstance(self.data, str) and self.data != "", "data", "must name a folder or builtin:NAME")
-        _check(
-            _is_power_of_two(self.size) and MIN_SIZE <= self.size <= MAX_SIZE,
-            "size",
-            f"must be a power of 2 between {MIN_SIZE} and {MAX_SIZE} (got {self.size}); "
-            "the U-Net halves the image down to 1x1",
-        )
+        _check_size(self.size)
         for name in ("batch_size", "epochs", "ngf", "ndf", "log_every", "val_batch_size", "plateau_patience"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
         _check(self.max_train_images >= 0, "max_train_images", "must be >= 0 (0 means all)")
@@ -214,17 +206,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         """Build from loose key/values (YAML, Tune, checkpoints), rejecting unknown keys and bad types."""
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(defaults))
-        if unknown:
-            raise UserError(
-                f"{source}: unknown trainer parameter(s) {', '.join(unknown)}; allowed: {', '.join(defaults)}"
-            )
-        coerced = {name: _coerce(name, value, type(defaults[name]), source) for name, value in values.items()}
-        try:
-            return cls(**coerced)
-        except UserError as err:
-            raise UserError(f"{source}: {err}") from None
+        return config_from_dict(cls, values, source, "trainer parameter(s)")
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -232,6 +214,21 @@ class TrainConfig:
 
 def trainer_parameter_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def config_from_dict(cls: type[C], values: dict[str, Any], source: str, kind: str, key_prefix: str = "") -> C:
+    """A config dataclass from loose key/values: unknown keys and wrong types are one line naming
+    `source` and the key (`key_prefix` + name, as the file spells it: search.num_samples)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        named = ", ".join(key_prefix + name for name in unknown)
+        raise UserError(f"{source}: unknown {kind} {named}; allowed: {', '.join(defaults)}")
+    coerced = {n: _coerce(key_prefix + n, value, type(defaults[n]), source) for n, value in values.items()}
+    try:
+        return cls(**coerced)
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
 
 
 def _coerce(name: str, value: Any, expected: type, source: str) -> Any:
@@ -248,6 +245,14 @@ def _coerce(name: str, value: Any, expected: type, source: str) -> Any:
         kind = {bool: "true or false", int: "an integer", float: "a number"}.get(expected, "a string")
         raise UserError(f"{source}: {name} must be {kind} (got {value!r})")
     return expected(value)
+
+
+def _check_size(size: int) -> None:
+    _check(
+        _is_power_of_two(size) and MIN_SIZE <= size <= MAX_SIZE,
+        "size",
+        f"must be a power of 2 between {MIN_SIZE} and {MAX_SIZE} (got {size}); the U-Net halves the image down to 1x1",
+    )
 
 
 def _check(ok: bool, name: str, what: str) -> None:
