@@ -292,6 +292,7 @@ def upload_outputs(out_dir: Path, experiment_uri: str, names: tuple[str, ...] = 
     import pyarrow.fs
 
     remote, path = pyarrow.fs.FileSystem.from_uri(experiment_uri)
+    remote.create_dir(path, recursive=True)  # before Tune makes it, for the spec uploaded at the start
     for name in names:
         if (out_dir / name).is_dir():
             remote.create_dir(f"{path}/{name}", recursive=True)
