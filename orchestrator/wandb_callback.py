@@ -187,13 +187,15 @@ class WandbTrialLogger(tune.Callback):
         """Queue the run's end with its summary, taken now: the trial's record may change later."""
         result = trial.last_result or {}
         ending = self.endings.ended.get(trial.trial_id)
+        reason = end_reason(result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")), ending)
         saved = trial.latest_checkpoint_result
         best_val_ssim, best_epoch = saved_best(saved.metrics if saved else None)
         summary = {
             "best_val_ssim": best_val_ssim,
             "best_epoch": best_epoch,
             "epochs": result.get("epoch", 0),
-            "end_reason": end_reason(result.get("epoch", 0), self.epochs, bool(result.get("plateau_stop")), ending),
+            # str: W&B would store the enum by its name (FINISHED), not its value
+            "end_reason": str(reason),
         }
         if ending == Ending.ERROR:
             summary["error"] = error_line(trial.get_error())
