@@ -108,13 +108,16 @@ def checkpoint_entries(state: Any, source: Path | str, *keys: str) -> list[Any]:
     return [state[k] for k in keys]
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path` or its closest existing parent: where creating `path` would start."""
+    return next(p for p in (path, *path.absolute().parents) if p.exists() or p.is_symlink())
+
+
 def check_output_folder(folder: Path, flag: str, given: Path | None = None) -> None:
     """Refuse, before any work, a folder that cannot take the output: a file in its place or in its
     path, or a place this user cannot write to. It need not exist yet (writing creates it). `given`
     is what the user typed, when that is a file inside `folder`."""
-    existing = folder.absolute()
-    while not existing.exists() and not existing.is_symlink():  # where mkdir would start
-        existing = existing.parent
+    existing = nearest_existing(folder)
     if not existing.is_dir():
         raise UserError(f"{flag} {given or folder}: {existing} is not a folder (a file?); choose another {flag}")
     if not os.access(existing, os.W_OK | os.X_OK):

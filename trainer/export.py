@@ -40,6 +40,7 @@ from trainer.checkpoint import (
     checkpoint_entries,
     json_safe,
     load_torch,
+    nearest_existing,
     save_torch,
     temp_dir_beside,
     use_default_permissions,
@@ -130,7 +131,7 @@ def check_free_space(folder: Path, G: UNetGenerator) -> None:
     """Refuse an export the disk cannot hold before writing any of it."""
     weights = sum(t.numel() * t.element_size() for t in G.state_dict().values())
     need = WEIGHT_COPIES * weights + EXPORT_EXTRA_BYTES
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    existing = nearest_existing(folder)
     free = shutil.disk_usage(existing).free
     if free < need:
         raise UserError(
