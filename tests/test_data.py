@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import tifffile
 import torch
 from conftest import PairedFolder
 
+from trainer import train as train_cli
 from trainer.builtin import builtin_root
 from trainer.data import (
+    PNG_SIGNATURE,
     SPLIT_FILE,
     SPLITS,
     PairedData,
@@ -22,8 +28,10 @@ from trainer.data import (
     find_splits,
     load_paired_data,
     png_bytes,
+    read_image,
     seeded_split,
 )
+from trainer.data.limits import IMAGE_PIXELS
 from trainer.errors import UserError
 
 pytestmark = pytest.mark.fast  # `make test-fast`: no Ray, no search
@@ -225,6 +233,92 @@ def test_missing_and_empty_folders_are_refused(tmp_path: Path) -> None:
     (tmp_path / "half" / "A").mkdir(parents=True)
     with pytest.raises(UserError, match="B: folder missing"):
         load_paired_data(str(tmp_path / "half"), 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# the pixel limit, checked from each file's header
+
+
+def png_declaring(path: Path, width: int, height: int, bit_depth: int, colour_type: int) -> None:
+    """A PNG whose header declares width x height pixels but whose data holds one row: a few hundred
+    bytes on disk. Decoders size their output from the header, so it is refused from the header."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    samples = {0: 1, 2: 3}[colour_type]  # gray, RGB
+    row = bytes(1 + width * samples * bit_depth // 8)  # filter byte + zero samples
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row, 9)) + chunk(b"IEND", b"")
+    path.write_bytes(PNG_SIGNATURE + chunks)
+
+
+@pytest.mark.parametrize(
+    ("bit_depth", "colour_type"),
+    [(16, 2), (8, 2), (16, 0)],
+    ids=["16-bit RGB (pypng)", "8-bit RGB (Pillow)", "16-bit gray (Pillow)"],
+)
+def test_a_small_png_declaring_a_huge_image_is_refused_from_its_header(
+    bit_depth: int, colour_type: int, paired_folder: MakeFolder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written = paired_folder(count=5)
+    bomb = written.root / "A" / "img002.png"
+    png_declaring(bomb, 13000, 13000, bit_depth, colour_type)
+    assert bomb.stat().st_size < 1000
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["--data", str(written.root), "--size", "32", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert time.perf_counter() - started < 10  # the 13000^2 decode alone took 16 to 49 s
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"{bomb}: 13000 x 13000 = 169,000,000 pixels, above the limit of 100,000,000 per image" in err
+    assert "PIX2PIX_MAX_IMAGE_PIXELS=169000000" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "channels", "dtype"),
+    [
+        (".png", 3, np.uint8),
+        (".png", 3, np.uint16),
+        (".png", 1, np.uint16),
+        (".tif", 3, np.uint16),
+        (".jpg", 3, np.uint8),
+        (".bmp", 1, np.uint8),
+    ],
+)
+def test_every_reader_keeps_the_limit_its_variable_sets(
+    suffix: str, channels: int, dtype: type, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, np.iinfo(dtype).max, (30, 40, channels), dtype=dtype, endpoint=True)
+    path = tmp_path / f"x{suffix}"
+    if dtype == np.uint16 and channels == 3 and suffix == ".png":
+        path.write_bytes(png_bytes(image))  # Pillow cannot write 16-bit RGB
+    else:
+        iio.imwrite(path, image[:, :, 0] if channels == 1 else image)
+    monkeypatch.setenv(IMAGE_PIXELS.env, "1199")
+    with pytest.raises(UserError, match=rf"x\{suffix}: 40 x 30 = 1,200 pixels, above the limit of 1,199 per image"):
+        read_image(path)
+    monkeypatch.setenv(IMAGE_PIXELS.env, "1200")
+    pixels, _ = read_image(path)
+    assert pixels.shape == (30, 40, channels) and pixels.dtype == dtype
+    if suffix != ".jpg":  # lossy
+        np.testing.assert_array_equal(pixels, image)
+
+
+def test_a_limit_that_is_not_a_number_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    iio.imwrite(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
+    monkeypatch.setenv(IMAGE_PIXELS.env, "lots")
+    with pytest.raises(UserError, match=f"{IMAGE_PIXELS.env}=lots: must be a whole number of pixels"):
+        read_image(tmp_path / "x.png")
+
+
+def test_a_multi_page_tiff_is_refused_from_its_header(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 30, 40), np.uint16))
+    with pytest.raises(UserError, match=r"stack\.tif: shape \(5, 30, 40\) is not a grayscale or RGB image"):
+        read_image(tmp_path / "stack.tif")
 
 
 # ---------------------------------------------------------------------------------------------

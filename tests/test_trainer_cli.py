@@ -11,7 +11,7 @@ import stat
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -19,14 +19,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import PairedFolder
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from trainer import evaluate as evaluate_cli
 from trainer import predict as predict_cli
 from trainer import train as train_cli
-from trainer.checkpoint import BEST, LAST, load_torch
+from trainer.checkpoint import BEST, LAST, load_torch, save_torch
 from trainer.config import GeneratorConfig, TrainConfig
 from trainer.data import png_bytes
 from trainer.export import export_generator, load_generator
+from trainer.memory import available_bytes, generator_bytes
 from trainer.models import UNetGenerator, init_weights
 
 MakeFolder = Callable[..., PairedFolder]
@@ -290,8 +293,6 @@ def test_onnx_is_pinned_and_says_what_to_feed(export_dir: Path) -> None:
 
 
 def test_safetensors_alone_rebuilds_the_generator(export_dir: Path, tmp_path: Path) -> None:
-    from safetensors import safe_open
-
     with safe_open(str(export_dir / "model.safetensors"), framework="pt") as weights:
         meta = weights.metadata()
     config = json.loads((export_dir / "config.json").read_text())
@@ -409,6 +410,7 @@ def test_predict_errors_are_one_line(
         predict_cli.main(argv)
     assert exit_info.value.code == 2
     assert_one_line_error(capsys.readouterr().err, expected)
+    assert not (tmp_path / "out").exists()
 
 
 def test_predict_needs_an_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -418,3 +420,233 @@ def test_predict_needs_an_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit):
         predict_cli.main(["--model", str(tmp_path), "--input", str(inputs), "--output", str(tmp_path / "out")])
     assert_one_line_error(capsys.readouterr().err, "not an exported model")
+
+
+# ---------------------------------------------------------------------------------------------
+# predict and evaluate given broken, crafted or misplaced files: one line, exit 2, nothing written
+
+
+def rewrite_safetensors(model: Path, state: dict[str, torch.Tensor] | None = None, **changes: object) -> None:
+    """Write the export's model.safetensors again, with other weights or generator_config values."""
+    path = model / "model.safetensors"
+    with safe_open(str(path), framework="pt") as weights:
+        meta = weights.metadata()
+        tensors = {k: weights.get_tensor(k) for k in weights.keys()}
+    gcfg = {**json.loads(meta["generator_config"]), **changes}
+    save_file(
+        state if state is not None else tensors, str(path), metadata={**meta, "generator_config": json.dumps(gcfg)}
+    )
+
+
+def truncated_card(model: Path) -> str:
+    card = (model / "model_card.json").read_text()
+    (model / "model_card.json").write_text(card[: len(card) // 2])
+    return "model_card.json: not readable JSON"
+
+
+def card_of_a_list(model: Path) -> str:
+    (model / "model_card.json").write_text("[]")
+    return "model_card.json: holds a JSON list, not an object"
+
+
+def truncated_weights(model: Path) -> str:
+    data = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return "model.safetensors: not a readable safetensors file"
+
+
+def weights_of_another_width(model: Path) -> str:
+    rewrite_safetensors(model, UNetGenerator(GeneratorConfig(1, 3, 32, ngf=16)).state_dict())
+    return "model.safetensors: weights do not fit its generator_config (38 tensors differ, e.g. model.model.0.weight"
+
+
+def crafted_width(model: Path) -> str:
+    rewrite_safetensors(model, ngf=2048)  # would allocate 64 GiB
+    return "model.safetensors: generator_config: ngf must be between 1 and 512 (got 2048)"
+
+
+def crafted_channels(model: Path) -> str:
+    rewrite_safetensors(model, in_channels=100000)
+    return "model.safetensors: generator_config: in_channels must be 1 or 3 (got 100000)"
+
+
+def crafted_key(model: Path) -> str:
+    rewrite_safetensors(model, activation="os.system")
+    return "model.safetensors: generator_config: unknown generator_config key(s) activation"
+
+
+def torch_weights_without_config(model: Path) -> str:
+    (model / "model.safetensors").unlink()
+    state = load_torch(model / "generator.pt")
+    torch.save({"state_dict": state["state_dict"]}, model / "generator.pt")
+    return "generator.pt: has no 'generator_config'"
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        truncated_card,
+        card_of_a_list,
+        truncated_weights,
+        weights_of_another_width,
+        crafted_width,
+        crafted_channels,
+        crafted_key,
+        torch_weights_without_config,
+    ],
+)
+def test_predict_refuses_a_spoiled_export_before_writing(
+    spoil: Callable[[Path], str], export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "best"
+    shutil.copytree(export_dir, model)
+    expected = spoil(model)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    iio.imwrite(inputs / "x.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(SystemExit) as exit_info:
+        predict_cli.main(["--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, str(model), expected)
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_refuses_a_generator_bigger_than_the_memory_here(
+    export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config within every bound can still need more memory than the machine has: it is measured
+    on the meta device before anything is allocated."""
+    need, have = generator_bytes(GeneratorConfig(1, 3, 2048, ngf=512)), available_bytes()
+    if have is None or need <= have:
+        pytest.skip(f"this machine has {have} bytes available, more than the {need} the generator needs")
+    model = tmp_path / "best"
+    shutil.copytree(export_dir, model)
+    rewrite_safetensors(model, size=2048, ngf=512)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    iio.imwrite(inputs / "x.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(SystemExit):
+        predict_cli.main(["--model", str(model), "--input", str(inputs), "--output", str(tmp_path / "out")])
+    expected = f"needs about {need / 2**30:.1f} GiB, more than the"
+    assert_one_line_error(
+        capsys.readouterr().err, "model.safetensors: its generator_config (ngf 512, 2048 px)", expected
+    )
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    # root writes through file modes; the immutable attribute stops root as well
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i: no folder is read-only to root")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_predict_refuses_an_output_it_cannot_write(
+    export_dir: Path, tmp_path: Path, read_only_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    iio.imwrite(inputs / "x.png", np.zeros((8, 8), np.uint8))
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for output, expected in (
+        (taken, f"{taken} is not a folder"),
+        (taken / "sub", f"{taken} is not a folder"),
+        (read_only_folder / "out", f"{read_only_folder} is not writable"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            predict_cli.main(["--model", str(export_dir), "--input", str(inputs), "--output", str(output)])
+        assert exit_info.value.code == 2
+        assert_one_line_error(capsys.readouterr().err, f"--output {output}: ", expected)
+    assert taken.read_text() == "a file" and not any(read_only_folder.iterdir())
+
+
+def twenty_images_one_truncated(folder: Path) -> Path:
+    """20 gray images, the 18th cut short: more than one batch of 16 reads before it."""
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        iio.imwrite(folder / f"img{i:02d}.png", rng.integers(0, 256, (40, 40), dtype=np.uint8))
+    bad = folder / "img17.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    return bad
+
+
+def test_one_unreadable_input_among_twenty_stops_before_anything_is_written(
+    export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    bad = twenty_images_one_truncated(inputs)
+    with pytest.raises(SystemExit) as exit_info:
+        predict_cli.main(["--model", str(export_dir), "--input", str(inputs), "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, f"{bad}: cannot be read as an image", "nothing was written")
+    assert not (tmp_path / "out").exists()
+
+
+def test_keep_going_lists_and_skips_unreadable_inputs(
+    export_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    bad = twenty_images_one_truncated(inputs)
+    out = tmp_path / "out"
+    predict_cli.main(["--model", str(export_dir), "--input", str(inputs), "--output", str(out), "--keep-going"])
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"warning: {bad}: cannot be read as an image (OSError); replace or remove it; " + (
+        "skipped (--keep-going)"
+    )
+    assert captured.out.strip().endswith(f"wrote 19 files to {out}; skipped 1 unreadable input (listed above)")
+    written = sorted(p.name for p in out.iterdir())  # no temp file left beside them
+    assert written == [f"img{i:02d}.png" for i in range(20) if i != 17]
+
+
+def test_evaluate_refuses_a_grid_it_cannot_write(
+    tiny_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir, _ = tiny_run
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_cli.main(["--checkpoint", str(run_dir / BEST), "--grid", str(taken / "grid.png"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, f"--grid {taken / 'grid.png'}: {taken} is not a folder")
+
+
+def checkpoint_of_width_2048(state: dict) -> str:
+    state["generator_config"] = {**state["generator_config"], "ngf": 2048}
+    return "generator_config: ngf must be between 1 and 512 (got 2048)"
+
+
+def checkpoint_of_other_weights(state: dict) -> str:
+    state["G"] = UNetGenerator(GeneratorConfig(**{**state["generator_config"], "ngf": 16})).state_dict()
+    return "weights do not fit its generator_config"
+
+
+def checkpoint_without_split(state: dict) -> str:
+    del state["split_hash"]
+    return "has no 'split_hash'"
+
+
+@pytest.mark.parametrize("spoil", [checkpoint_of_width_2048, checkpoint_of_other_weights, checkpoint_without_split])
+def test_evaluate_refuses_a_spoiled_checkpoint(
+    spoil: Callable[[dict], str], tiny_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir, _ = tiny_run
+    state = load_torch(run_dir / BEST)
+    expected = spoil(state)
+    save_torch(tmp_path / BEST, state)
+    shutil.copy(run_dir / "split.json", tmp_path / "split.json")
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_cli.main(["--checkpoint", str(tmp_path / BEST), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, f"{tmp_path / BEST}: ", expected)
+    assert not (tmp_path / "test_samples.png").exists()

@@ -6,6 +6,7 @@ so that a real training run, an export and a prediction take seconds.
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from collections.abc import Callable
@@ -243,12 +244,26 @@ def unreadable(root: Path) -> str:
     return "sub03.nii.gz: cannot be read as NIfTI"
 
 
+def huge_header(root: Path) -> str:
+    """A header declaring 2048^3 voxels over a few bytes of data: refused from the header."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((2048, 2048, 2048))
+    header.set_data_dtype(np.uint8)
+    header.set_sform(AFFINE, code=1)
+    header["vox_offset"] = 352
+    with gzip.open(root / "A" / "sub01.nii.gz", "wb") as f:
+        f.write(header.binaryblock + bytes(4 + 64))  # the header, its 4-byte extension flag, 64 voxels
+    return "sub01.nii.gz: 2048 x 2048 x 2048 = 8,589,934,592 voxels, above the limit of 268,435,456 per volume"
+
+
 def missing_mask(root: Path) -> str:
     save(root / "mask" / "sub00.nii.gz", np.ones(SHAPE, np.uint8))
     return "mask: has no mask named sub01"
 
 
-@pytest.mark.parametrize("spoil", [four_d, nan_voxels, shape_mismatch, affine_mismatch, unreadable, missing_mask])
+@pytest.mark.parametrize(
+    "spoil", [four_d, nan_voxels, shape_mismatch, affine_mismatch, unreadable, huge_header, missing_mask]
+)
 def test_bad_volumes_stop_with_one_line_and_write_nothing(
     spoil: Callable[[Path], str], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -55,7 +55,7 @@ def train_and_score(cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, float], 
     for _ in train(cfg, run_dir):
         pass
     seconds = time.perf_counter() - started
-    G = generator_from_checkpoint(load_torch(run_dir / BEST)).to(pick_device(cfg.device))
+    G = generator_from_checkpoint(load_torch(run_dir / BEST), run_dir / BEST).to(pick_device(cfg.device))
     metrics = evaluate(G, load_run_data(cfg, run_dir).splits["val"], cfg.val_batch_size, prefix="val")
     return metrics, seconds
 

@@ -100,6 +100,37 @@ def save_torch(path: Path, obj: Any) -> None:
     _write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
+def checkpoint_entries(state: Any, source: Path | str, *keys: str) -> list[Any]:
+    """The values of `keys` in a loaded file, or a one-line UserError when the file lacks one."""
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UserError(f"{source}: has no {missing[0]!r}; use a file this trainer wrote")
+    return [state[k] for k in keys]
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` or its closest existing parent: where creating `path` would start."""
+    return next(p for p in (path, *path.absolute().parents) if p.exists() or p.is_symlink())
+
+
+def check_output_folder(folder: Path, flag: str, given: Path | None = None) -> None:
+    """Refuse, before any work, a folder that cannot take the output: a file in its place or in its
+    path, or a place this user cannot write to. It need not exist yet (writing creates it). `given`
+    is what the user typed, when that is a file inside `folder`."""
+    existing = nearest_existing(folder)
+    if not existing.is_dir():
+        raise UserError(f"{flag} {given or folder}: {existing} is not a folder (a file?); choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {given or folder}: {existing} is not writable (read-only); choose another {flag}")
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """check_output_folder for the folder of one output file, which must not be a folder itself."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file name")
+    check_output_folder(path.parent, flag, path)
+
+
 def load_torch(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; point to a run's last.pt or best.pt")

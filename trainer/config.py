@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args, get_type_hints
 
 from trainer.errors import UserError
 
@@ -26,6 +26,8 @@ Direction = Literal["AtoB", "BtoA"]
 
 MIN_SIZE = 32  # the U-Net needs at least five 2x downsamplings
 MAX_SIZE = 2048
+MAX_WIDTH = 512  # ngf / ndf: 8x the reference 64 already makes a 3.5 billion parameter generator
+IMAGE_CHANNELS = (1, 3)  # what trainer.data reads: grayscale or RGB (alpha dropped)
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -43,10 +45,17 @@ class GeneratorConfig:
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
-        _check(self.in_channels >= 1 and self.out_channels >= 1, "channels", "must be >= 1")
+        for name in ("in_channels", "out_channels"):
+            _check(getattr(self, name) in IMAGE_CHANNELS, name, f"must be 1 or 3 (got {getattr(self, name)})")
         _check_size(self.size)
-        _check(self.ngf >= 1, "ngf", "must be >= 1")
+        _check_width("ngf", self.ngf)
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
+
+    @classmethod
+    def from_dict(cls, values: Any, source: str) -> GeneratorConfig:
+        """Build from a file's generator_config (checkpoint, export): checked in full, so a crafted one
+        is refused before a network is built from it."""
+        return config_from_dict(cls, values, source, "generator_config key(s)")
 
 
 def opt(default: Any, help: str, flag_type: Any = None, metavar: str | None = None) -> Any:  # noqa: A002 - argparse's word
@@ -134,8 +143,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(isinstance(self.data, str) and self.data != "", "data", "must name a folder or builtin:NAME")
         _check_size(self.size)
-        for name in ("batch_size", "epochs", "ngf", "ndf", "log_every", "val_batch_size", "plateau_patience"):
+        for name in ("batch_size", "epochs", "log_every", "val_batch_size", "plateau_patience"):
             _check(getattr(self, name) >= 1, name, f"must be >= 1 (got {getattr(self, name)})")
+        for name in ("ngf", "ndf"):
+            _check_width(name, getattr(self, name))
         _check(self.max_train_images >= 0, "max_train_images", "must be >= 0 (0 means all)")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
         _check(self.lambda_l1 >= 0, "lambda_l1", f"must be >= 0 (got {self.lambda_l1})")
@@ -216,15 +227,24 @@ def trainer_parameter_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def config_from_dict(cls: type[C], values: dict[str, Any], source: str, kind: str, key_prefix: str = "") -> C:
-    """A config dataclass from loose key/values: unknown keys and wrong types are one line naming
-    `source` and the key (`key_prefix` + name, as the file spells it: search.num_samples)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(defaults))
+def config_from_dict(cls: type[C], values: Any, source: str, kind: str, key_prefix: str = "") -> C:
+    """A config dataclass from loose key/values: not a mapping, unknown, missing and mistyped keys are
+    one line naming `source` and the key (`key_prefix` + name, as the file spells it:
+    search.num_samples); then the dataclass checks the values."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: must be a mapping of {kind} to values (got {type(values).__name__})")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(map(str, set(values) - set(fields)))
     if unknown:
         named = ", ".join(key_prefix + name for name in unknown)
-        raise UserError(f"{source}: unknown {kind} {named}; allowed: {', '.join(defaults)}")
-    coerced = {n: _coerce(key_prefix + n, value, type(defaults[n]), source) for n, value in values.items()}
+        raise UserError(f"{source}: unknown {kind} {named}; allowed: {', '.join(fields)}")
+    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+    missing = [key_prefix + name for name in required if name not in values]
+    if missing:
+        raise UserError(f"{source}: {kind} {', '.join(missing)} missing")
+    hints = get_type_hints(cls) if required else {}  # types required fields; the others go by their default
+    types = {f.name: hints[f.name] if f.name in required else type(f.default) for f in dataclasses.fields(cls)}
+    coerced = {n: _coerce(key_prefix + n, value, types[n], source) for n, value in values.items()}
     try:
         return cls(**coerced)
     except UserError as err:
@@ -253,6 +273,10 @@ def _check_size(size: int) -> None:
         "size",
         f"must be a power of 2 between {MIN_SIZE} and {MAX_SIZE} (got {size}); the U-Net halves the image down to 1x1",
     )
+
+
+def _check_width(name: str, width: int) -> None:
+    _check(1 <= width <= MAX_WIDTH, name, f"must be between 1 and {MAX_WIDTH} (got {width})")
 
 
 def _check(ok: bool, name: str, what: str) -> None:

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from trainer.checkpoint import load_torch
+from trainer.checkpoint import check_output_file, checkpoint_entries, load_torch
 from trainer.cli import OneLineErrorParser
 from trainer.config import Device, TrainConfig
 from trainer.data import SPLITS, PairedData, PairedImages
@@ -97,8 +97,9 @@ class Evaluation:
 def load_checkpoint_generator(path: Path, device: torch.device) -> CheckpointModel:
     """Rebuild the generator a checkpoint (last.pt / best.pt) was trained as, with its weights."""
     state = load_torch(Path(path))
-    cfg = TrainConfig.from_dict(state["config"], source=str(path))
-    return CheckpointModel(generator_from_checkpoint(state).to(device), cfg, state["epoch"], state["split_hash"])
+    config, epoch, split_hash = checkpoint_entries(state, path, "config", "epoch", "split_hash")
+    cfg = TrainConfig.from_dict(config, source=str(path))
+    return CheckpointModel(generator_from_checkpoint(state, path).to(device), cfg, epoch, split_hash)
 
 
 def load_checkpoint_data(model: CheckpointModel, run_dir: Path) -> PairedData:
@@ -196,8 +197,9 @@ def build_parser() -> OneLineErrorParser:
 @exits_cleanly_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    result = evaluate_checkpoint(args.checkpoint, args.split, args.device)
     grid = args.grid if args.grid is not None else args.checkpoint.parent / f"{args.split}_samples.png"
+    check_output_file(grid, "--grid")  # before the evaluation, not after it
+    result = evaluate_checkpoint(args.checkpoint, args.split, args.device)
     save_grid(grid, *result.samples)
     console = Console()
     title = f"{args.checkpoint} (epoch {result.epoch}) on {args.split} ({result.pairs} pairs), 2D in [-1, 1]"

@@ -37,8 +37,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from trainer.checkpoint import (
+    checkpoint_entries,
     json_safe,
     load_torch,
+    nearest_existing,
     save_torch,
     temp_dir_beside,
     use_default_permissions,
@@ -48,6 +50,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import GeneratorConfig
 from trainer.errors import UserError
+from trainer.memory import available_bytes, generator_bytes
 from trainer.model_card import render_model_card
 from trainer.models import UNetGenerator
 from trainer.visualize import save_grid
@@ -128,7 +131,7 @@ def check_free_space(folder: Path, G: UNetGenerator) -> None:
     """Refuse an export the disk cannot hold before writing any of it."""
     weights = sum(t.numel() * t.element_size() for t in G.state_dict().values())
     need = WEIGHT_COPIES * weights + EXPORT_EXTRA_BYTES
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    existing = nearest_existing(folder)
     free = shutil.disk_usage(existing).free
     if free < need:
         raise UserError(
@@ -237,11 +240,71 @@ def export_onnx(G: UNetGenerator, path: Path, example: torch.Tensor, metadata: d
     return diff
 
 
-def generator_from_checkpoint(state: dict[str, Any]) -> UNetGenerator:
+def generator_from_checkpoint(state: dict[str, Any], source: Path | str = "checkpoint") -> UNetGenerator:
     """The generator of a training checkpoint (last.pt / best.pt contents), in eval mode on the CPU."""
-    G = UNetGenerator(GeneratorConfig(**state["generator_config"]))
-    G.load_state_dict(state["G"])
+    gcfg, weights = checkpoint_entries(state, source, "generator_config", "G")
+    return checked_generator(gcfg, weights, source)
+
+
+def checked_generator(gcfg: Any, state: Any, source: Path | str) -> UNetGenerator:
+    """The generator a file describes, with its weights, in eval mode on the CPU.
+
+    Everything is checked before the network is allocated, since a crafted config (ngf 2048) would
+    otherwise take gigabytes first: the config's values, its memory estimated on the meta device
+    against what this machine has (trainer.memory), and each weight's name and shape against a meta
+    copy of the network. Each problem is a one-line UserError naming `source`."""
+    cfg = GeneratorConfig.from_dict(gcfg, f"{source}: generator_config")
+    need, have = generator_bytes(cfg), available_bytes()
+    if have is not None and need > have:
+        raise UserError(
+            f"{source}: its generator_config (ngf {cfg.ngf}, {cfg.size} px) needs about {need / 2**30:.1f} GiB, "
+            f"more than the {have / 2**30:.1f} GiB available; free memory, or check that the file is a model "
+            "this trainer exported"
+        )
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in UNetGenerator(cfg).state_dict().items()}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{source}: its weights are not a dict of tensors; use a file this trainer wrote")
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    differ = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
+    if differ:
+        first = differ[0]
+        raise UserError(
+            f"{source}: weights do not fit its generator_config ({len(differ)} tensors differ, e.g. {first}: "
+            f"{got.get(first, 'missing')} in the file, {expected.get(first, 'none')} for ngf {cfg.ngf}, "
+            f"{cfg.in_channels} -> {cfg.out_channels} channels); use a file this trainer wrote, unedited"
+        )
+    G = UNetGenerator(cfg)
+    G.load_state_dict(state)
     return G.eval()
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    """An export's model_card.json ({} when there is none); a truncated or foreign one is a UserError."""
+    if not path.is_file():
+        return {}
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        raise UserError(f"{path}: not readable JSON ({err}); copy the export folder again or export it anew") from None
+    if not isinstance(card, dict):
+        raise UserError(f"{path}: holds a JSON {type(card).__name__}, not an object; use the card this trainer wrote")
+    return card
+
+
+def _read_safetensors(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The generator config in the file's metadata and its tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            gcfg = json.loads((weights.metadata() or {}).get("generator_config", "null"))
+            state = {k: weights.get_tensor(k) for k in weights.keys()}
+    except Exception as err:  # truncated file, foreign header, bad JSON in the metadata
+        raise UserError(
+            f"{path}: not a readable safetensors file ({type(err).__name__}: {err}); use a file this trainer wrote"
+        ) from None
+    if gcfg is None:
+        raise UserError(f"{path}: no generator_config in its metadata; use a model.safetensors this trainer wrote")
+    return gcfg, state
 
 
 def load_generator(path: Path) -> tuple[UNetGenerator, dict[str, Any]]:
@@ -251,23 +314,15 @@ def load_generator(path: Path) -> tuple[UNetGenerator, dict[str, Any]]:
     weight files itself: either carries the generator config, so a file copied alone still loads."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    card_path = folder / CARD
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card = read_card(folder / CARD)
     if path.is_dir():
         path = next((path / name for name in (SAFETENSORS, WEIGHTS) if (path / name).is_file()), path / CARD)
     if path.suffix == ".safetensors" and path.is_file():
-        with safe_open(str(path), framework="pt") as weights:
-            gcfg = json.loads((weights.metadata() or {}).get("generator_config", "null"))
-            state = {k: weights.get_tensor(k) for k in weights.keys()}
-        if gcfg is None:
-            raise UserError(f"{path}: no generator_config in its metadata; use a model.safetensors this trainer wrote")
+        gcfg, state = _read_safetensors(path)
     elif path.suffix == ".pt" and path.is_file():
-        saved = load_torch(path)
-        gcfg, state = saved["generator_config"], saved["state_dict"]
+        gcfg, state = checkpoint_entries(load_torch(path), path, "generator_config", "state_dict")
     else:
         raise UserError(
             f"{path}: not an exported model (no {SAFETENSORS} or {WEIGHTS}); point to an experiment's best/ folder"
         )
-    G = UNetGenerator(GeneratorConfig(**gcfg))
-    G.load_state_dict(state)
-    return G.eval(), card
+    return checked_generator(gcfg, state, path), card

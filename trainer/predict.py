@@ -11,6 +11,7 @@ the data's units (HU for CT) and written as float32 NIfTI with the input's affin
 from __future__ import annotations
 
 import gzip
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from trainer.checkpoint import write_atomic_bytes
+from trainer.checkpoint import check_output_folder, write_atomic_bytes
 from trainer.cli import OneLineErrorParser
 from trainer.config import Device
 from trainer.data import IMAGE_SUFFIXES, png_bytes, read_image
 from trainer.data.intensity import IntensityMap
+from trainer.data.limits import IMAGE_PIXELS, VOLUME_VOXELS
 from trainer.data.volumes import (
     PLANE_AXES,
     NiftiVolume,
@@ -96,6 +98,41 @@ def input_images(folder: Path) -> list[Path]:
     return images
 
 
+def readable_inputs(paths: list[Path], volumes: bool, keep_going: bool) -> tuple[list[Path], int]:
+    """The inputs that decode, each read once before anything is written, so that an unreadable file
+    cannot stop a run half-way with part of the outputs written (decoding costs little beside the
+    generator). One unreadable file stops the run, unless keep_going: then each is listed and skipped.
+    Returns the readable inputs and how many were skipped."""
+    read, limit = (read_volume, VOLUME_VOXELS) if volumes else (read_image, IMAGE_PIXELS)
+    limit.value()  # a bad PIX2PIX_MAX_* value is the user's setting, not every input's fault: stop here
+    readable, problems = [], []
+    for path in paths:
+        try:
+            read(path)
+        except UserError as err:
+            problems.append(str(err))
+        else:
+            readable.append(path)
+    if problems and not keep_going:
+        more = f" ({len(problems) - 1} more inputs unreadable)" if len(problems) > 1 else ""
+        raise UserError(f"{problems[0]}{more}; nothing was written (--keep-going skips unreadable inputs)")
+    for problem in problems:
+        print(f"warning: {problem}; skipped (--keep-going)", file=sys.stderr)
+    if not readable:
+        raise UserError(f"{paths[0].parent}: none of the {len(paths)} inputs can be read (listed above)")
+    return readable, len(problems)
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Atomic (temp file, then rename): a crash leaves no half-written output."""
+    try:
+        write_atomic_bytes(path, data)
+    except OSError as err:  # the folder was checked first; this is a full disk or a change since
+        raise UserError(
+            f"{path}: cannot be written ({err.strerror or err}); free space or choose another --output"
+        ) from None
+
+
 def resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The resize the training data went through (bilinear with antialiasing), for (N, C, H, W)."""
     if x.shape[2:] == (height, width):
@@ -145,7 +182,7 @@ def translate_batch(
     outputs = G(batch.to(device))
     for path, (image, max_value), y in zip(paths, images, outputs):
         pixels = to_image(y, *image.shape[:2], max_value, prep.output_map)
-        write_atomic_bytes(output / f"{path.stem}.png", png_bytes(pixels))
+        write_output(output / f"{path.stem}.png", png_bytes(pixels))
 
 
 @torch.no_grad()
@@ -192,21 +229,32 @@ def translate_volume_file(
     ras = translate_ras(
         volume.to_ras(), translate, G.cfg.size, prep.input_map, prep.output_map, prep.slice_axis, batch_size
     )
-    write_atomic_bytes(output / path.name, nifti_bytes(volume.from_ras(ras), volume, path.name))
+    write_output(output / path.name, nifti_bytes(volume.from_ras(ras), volume, path.name))
 
 
-def translate_folder(model: Path, input_dir: Path, output_dir: Path, batch_size: int = 16, device: str = "auto") -> int:
+def translate_folder(
+    model: Path, input_dir: Path, output_dir: Path, batch_size: int = 16, device: str = "auto", keep_going: bool = False
+) -> tuple[int, int]:
     """Translate every image or volume of input_dir (or the one volume it names) into output_dir;
-    returns how many files were written."""
+    returns how many files were written and how many unreadable inputs were skipped (keep_going).
+    Every input, the model and the output folder are checked before the first file is written."""
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1 (got {batch_size})")
     paths, volumes = input_files(input_dir)
     if output_dir.resolve() in (input_dir.resolve(), input_dir.resolve().parent if input_dir.is_file() else None):
         raise UserError(f"{output_dir}: holds the input; choose another --output so no input is overwritten")
+    check_output_folder(output_dir, "--output")
     G, card = load_generator(model)
-    prep = Preprocessing.from_card(card)
+    try:
+        prep = Preprocessing.from_card(card)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:  # a hand-edited card
+        raise UserError(
+            f"{model}: its model card's direction or intensity cannot be read ({type(err).__name__}: {err}); "
+            "export the model anew"
+        ) from None
     if volumes and prep.input_map is None:
         raise UserError(f"{model}: its model card has no intensity mapping; volumes need a model trained on volumes")
+    paths, skipped = readable_inputs(paths, volumes, keep_going)
     torch_device = pick_device(device)
     G = G.to(torch_device)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +269,7 @@ def translate_folder(model: Path, input_dir: Path, output_dir: Path, batch_size:
             else:
                 translate_batch(G, batch, output_dir, torch_device, prep)
             progress.advance(task, len(batch))
-    return len(paths)
+    return len(paths), skipped
 
 
 def build_parser() -> OneLineErrorParser:
@@ -240,14 +288,23 @@ def build_parser() -> OneLineErrorParser:
     parser.add_argument("--output", type=Path, required=True, help="folder for the translated files")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=16, help="images (slices) per forward pass")
     parser.add_argument("--device", choices=get_args(Device), default="auto", help="where to run (default: auto)")
+    parser.add_argument(
+        "--keep-going",
+        "--keep_going",
+        action="store_true",
+        help="list and skip unreadable inputs (default: stop before writing anything when one is unreadable)",
+    )
     return parser
 
 
 @exits_cleanly_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    count = translate_folder(args.model, args.input, args.output, args.batch_size, args.device)
-    print(f"wrote {count} file{'s' if count != 1 else ''} to {args.output}")
+    count, skipped = translate_folder(
+        args.model, args.input, args.output, args.batch_size, args.device, args.keep_going
+    )
+    note = f"; skipped {skipped} unreadable input{'s' if skipped != 1 else ''} (listed above)" if skipped else ""
+    print(f"wrote {count} file{'s' if count != 1 else ''} to {args.output}{note}")
 
 
 if __name__ == "__main__":

@@ -27,13 +27,16 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import png
+import tifffile
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from trainer.builtin import BUILTIN_PREFIX, builtin_root
 from trainer.checkpoint import write_json
 from trainer.config import TrainConfig
 from trainer.data.intensity import IntensityMap, fit_map
+from trainer.data.limits import IMAGE_PIXELS
 from trainer.data.volumes import (
     VOLUME_SUFFIXES,
     foreground_fractions,
@@ -45,7 +48,8 @@ from trainer.data.volumes import (
 )
 from trainer.errors import UserError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+TIFF_SUFFIXES = {".tif", ".tiff"}  # read with tifffile, everything else with Pillow
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"} | TIFF_SUFFIXES
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15}  # test takes the rest
 JITTER_SCALE = 286 / 256  # reference random jitter: resize up by this much, crop back
@@ -313,9 +317,37 @@ def _is_16_bit_colour_png(path: Path) -> bool:
     return header[:8] == PNG_SIGNATURE and header[24] == 16 and header[25] in (2, 6)
 
 
+def _check_header(path: Path, shape: tuple[int, ...]) -> None:
+    """Refuse, from the shape a header declares, what decoding would waste memory on."""
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 2, 3, 4)):
+        raise UserError(f"{path}: shape {tuple(shape)} is not a grayscale or RGB image")
+    IMAGE_PIXELS.check(path, (shape[1], shape[0]))
+
+
 def _read_16_bit_colour_png(path: Path) -> np.ndarray:
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()  # reads the header; rows decode lazily
+    _check_header(path, (height, width, info["planes"]))
     return np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """The first series (what imageio reads), all of its pages counted before any is decoded."""
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        _check_header(path, series.shape)
+        return series.asarray()
+
+
+def _read_with_pillow(path: Path) -> np.ndarray:
+    # Pillow's own bomb check (a warning above 89 M pixels, an error above 179 M) would speak before
+    # ours and ignore PIX2PIX_MAX_IMAGE_PIXELS; ours reads the same header first, so it replaces it.
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with iio.imopen(path, "r", plugin="pillow") as file:
+            _check_header(path, file.properties().shape)
+            return file.read()
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -328,10 +360,18 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def read_image(path: Path) -> tuple[np.ndarray, int]:
-    """(H, W, C) array and its max value (255 or 65535). Alpha is dropped."""
+    """(H, W, C) array and its max value (255 or 65535). Alpha is dropped. Each reader checks the
+    shape in the file's header against the pixel limit (trainer.data.limits) before decoding."""
     try:
-        image = _read_16_bit_colour_png(path) if _is_16_bit_colour_png(path) else iio.imread(path)
-    except Exception as err:  # imageio raises many types for unreadable files
+        if _is_16_bit_colour_png(path):
+            image = _read_16_bit_colour_png(path)
+        elif path.suffix.lower() in TIFF_SUFFIXES:
+            image = _read_tiff(path)
+        else:
+            image = _read_with_pillow(path)
+    except UserError:
+        raise
+    except Exception as err:  # the decoders raise many types for unreadable files
         raise UserError(f"{path}: cannot be read as an image ({type(err).__name__}); replace or remove it") from None
     if image.dtype == np.uint8:
         max_value = 255
@@ -341,8 +381,6 @@ def read_image(path: Path) -> tuple[np.ndarray, int]:
         raise UserError(f"{path}: pixel type {image.dtype} is not supported; save it as 8-bit or 16-bit PNG/TIFF")
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
-        raise UserError(f"{path}: shape {image.shape} is not a grayscale or RGB image")
     channels = 1 if image.shape[2] in (1, 2) else 3  # drop alpha (LA -> L, RGBA -> RGB)
     return image[:, :, :channels], max_value
 

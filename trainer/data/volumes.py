@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from scipy import ndimage
 
+from trainer.data.limits import VOLUME_VOXELS
 from trainer.errors import UserError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
@@ -61,23 +62,33 @@ class NiftiVolume:
 
 
 def read_volume(path: Path) -> NiftiVolume:
-    """A 3D volume as float32 (scl_slope/inter applied); every problem is a one-line UserError."""
+    """A 3D volume as float32 (scl_slope/inter applied); every problem is a one-line UserError. The
+    shape comes from the header and is checked (3D, the voxel limit) before any voxel is decoded."""
     try:
         image = nib.load(str(path))
-        data = np.asarray(image.get_fdata(dtype=np.float32))
+        shape = _checked_shape(path, image.shape)
+        data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
+    except UserError:
+        raise
     except Exception as err:  # nibabel raises many types for truncated or foreign files
         raise UserError(f"{path}: cannot be read as NIfTI ({type(err).__name__}); replace or remove it") from None
-    if data.ndim == 4 and data.shape[3] == 1:  # a 3D volume saved with a trailing time axis of 1
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise UserError(
-            f"{path}: is a {data.ndim}D volume of shape {data.shape}; give one 3D volume per file "
-            "(split 4D series into 3D files)"
-        )
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         raise UserError(f"{path}: has {bad} NaN or infinite voxels; fix or remove the file")
     return NiftiVolume(Path(path), data, image)
+
+
+def _checked_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The 3D shape a header declares (a trailing time axis of 1 dropped), or a UserError."""
+    if len(shape) == 4 and shape[3] == 1:  # a 3D volume saved with a trailing time axis of 1
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise UserError(
+            f"{path}: is a {len(shape)}D volume of shape {tuple(shape)}; give one 3D volume per file "
+            "(split 4D series into 3D files)"
+        )
+    VOLUME_VOXELS.check(path, tuple(shape))
+    return shape
 
 
 def check_same_grid(reference: NiftiVolume, other: NiftiVolume) -> None:
