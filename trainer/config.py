@@ -113,6 +113,11 @@ class TrainConfig:
     )
     lr_decay_start: float = opt(0.5, "linear policy: fraction of epochs at constant lr before the decay")
     plateau_patience: int = opt(3, "plateau policy: epochs without val SSIM gain before halving the lr")
+    ema_decay: float = opt(
+        0.0,
+        "keep an exponential moving average of G's weights with this decay (e.g. 0.999; 0 = off); when on, "
+        "validation scores it and export ships it (trainer.ema)",
+    )
 
     # execution: each speed switch is its own knob so `trainer.bench` can measure each gain
     seed: int = opt(0, "seed of weights, dropout, shuffling and augmentation")
@@ -151,6 +156,7 @@ class TrainConfig:
             _check(0 < getattr(self, name) < 1, name, f"must be in (0, 1) (got {getattr(self, name)})")
         for name in ("beta1", "beta2"):
             _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1) (got {getattr(self, name)})")
+        _check(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1) (got {self.ema_decay}); 0 turns the EMA off")
         _check(0 <= self.lr_decay_start <= 1, "lr_decay_start", "must be a fraction in [0, 1]")
         _check(
             0 <= self.min_foreground <= 1, "min_foreground", f"must be a fraction in [0, 1] (got {self.min_foreground})"
@@ -202,6 +208,14 @@ class TrainConfig:
     @property
     def uses_gan(self) -> bool:
         return self.gan_weight > 0
+
+    @property
+    def uses_ema(self) -> bool:
+        return self.ema_decay > 0
+
+    def steps_per_epoch(self, train_images: int) -> int:
+        """Training steps in one epoch: the last partial batch is dropped (BatchNorm needs batches)."""
+        return max(1, train_images // self.batch_size)
 
     def generator_config(self, in_channels: int, out_channels: int) -> GeneratorConfig:
         return GeneratorConfig(in_channels, out_channels, self.size, self.ngf, self.dropout)

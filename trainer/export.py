@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from trainer.checkpoint import (
     json_safe,
     load_torch,
+    scored_generator_key,
     temp_dir_beside,
     use_default_permissions,
     write_atomic_text,
@@ -213,9 +214,10 @@ def export_onnx(G: UNetGenerator, path: Path, example: torch.Tensor, metadata: d
 
 
 def generator_from_checkpoint(state: dict[str, Any]) -> UNetGenerator:
-    """The generator of a training checkpoint (last.pt / best.pt contents), in eval mode on the CPU."""
+    """The generator of a training checkpoint (last.pt / best.pt contents), in eval mode on the CPU:
+    the weights validation scored (the EMA when the run kept one)."""
     G = UNetGenerator(GeneratorConfig(**state["generator_config"]))
-    G.load_state_dict(state["G"])
+    G.load_state_dict(state[scored_generator_key(state)])
     return G.eval()
 
 
