@@ -7,6 +7,7 @@ The field names are the project's vocabulary: the same spelling (`lambda_l1`, `d
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -216,6 +217,10 @@ class TrainConfig:
     def steps_per_epoch(self, train_images: int) -> int:
         """Training steps in one epoch: the last partial batch is dropped (BatchNorm needs batches)."""
         return max(1, train_images // self.batch_size)
+
+    def epochs_to_see(self, images: int, train_images: int) -> int:
+        """The fewest epochs in which training on `train_images` pairs sees at least `images` of them."""
+        return max(1, math.ceil(images / (self.steps_per_epoch(train_images) * self.batch_size)))
 
     def generator_config(self, in_channels: int, out_channels: int) -> GeneratorConfig:
         return GeneratorConfig(in_channels, out_channels, self.size, self.ngf, self.dropout)
