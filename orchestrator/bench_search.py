@@ -33,7 +33,15 @@ from rich.table import Table
 from orchestrator.endings import TrialEndings
 from orchestrator.progress import LiveTrialTable
 from orchestrator.results import summarize_trials
-from orchestrator.runner import QUIET_ENV, SEARCH_METRIC, make_scheduler, make_searcher, make_trainable, start_ray
+from orchestrator.runner import (
+    QUIET_ENV,
+    SEARCH_METRIC,
+    make_scheduler,
+    make_searcher,
+    make_trainable,
+    resolve_epochs,
+    start_ray,
+)
 from orchestrator.spec import DEFAULT_SPEC, SearchSpec, load_spec
 from orchestrator.trainable import FINISHED, TrialSettings
 from trainer.errors import exits_cleanly_on_user_error
@@ -158,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         {"epochs": args.epochs},
         {"num_samples": args.num_samples, "max_concurrent": args.max_concurrent, "seed": args.seed},
     )
+    spec = resolve_epochs(spec)  # both searches run the same number of epochs
     os.environ.update(QUIET_ENV)
     started_ray = start_ray(None)
     try:

@@ -210,6 +210,8 @@ def write_summary(
         "space": {name: p.describe() for name, p in spec.space.items()},
         "search": spec.search.__dict__,
         "num_samples": spec.search.num_samples,
+        "epochs": cfg.epochs,  # a full trial's, as ASHA's max_t and the end reasons used it
+        "epochs_note": spec.describe_epochs(),
         "wall_seconds": wall_seconds,
         "wandb": wandb,
         "trials": trials,
@@ -224,8 +226,8 @@ def render_summary(summary: dict[str, Any]) -> Table:
     for trial in summary["trials"]:
         counts[trial["status"]] = counts.get(trial["status"], 0) + 1
     table = Table(
-        title=f"{summary['name']}: {len(summary['trials'])} trials in {summary['wall_seconds']:.0f} s "
-        f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})",
+        title=f"{summary['name']}: {len(summary['trials'])} trials of up to {summary['epochs_note']} in "
+        f"{summary['wall_seconds']:.0f} s ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})",
         title_justify="left",
     )
     best = summary["best"]

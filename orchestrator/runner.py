@@ -27,7 +27,9 @@ from orchestrator.study import ARTIFACT_DIR, STUDY_FILE, StudyWriter, dashboard_
 from orchestrator.trainable import TrialSettings, run_trial
 from orchestrator.wandb_callback import WandbTrialLogger
 from orchestrator.wandb_logging import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
+from trainer.config import TrainConfig
 from trainer.errors import UserError
+from trainer.loop import load_run_data
 
 console = Console()
 METRIC = "val_ssim"  # ASHA compares trials on each epoch's val SSIM
@@ -47,6 +49,16 @@ def start_ray(address: str | None) -> bool:
     else:
         ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024**2)
     return True
+
+
+def resolve_epochs(spec: SearchSpec) -> SearchSpec:
+    """`epochs: auto` as a number, once, before any trial starts: ASHA's max_t, the end reasons and
+    every trial need the same one. The training split is loaded the way a trial loads it (data,
+    split seed, size, max_train_images, volumes sliced), without training."""
+    if not spec.epochs_auto:
+        return spec
+    data = load_run_data(TrainConfig.from_dict(spec.fixed_settings(), source=spec.source), None)
+    return spec.with_epochs_for(len(data.splits["train"]))
 
 
 def make_searcher(spec: SearchSpec) -> OptunaSearch:
@@ -151,6 +163,7 @@ def run_search(
     if not args.resume and experiment_exists(experiment_path):
         raise UserError(f"{experiment_path}: already exists; pass --resume to continue it or choose another --name")
     out_dir.mkdir(parents=True, exist_ok=True)
+    spec = resolve_epochs(spec)
 
     wandb_mode = check_online_or_fallback(resolve_wandb_mode(args.wandb))
     wandb_dir = out_dir  # wandb writes its runs into <dir>/wandb/
@@ -161,7 +174,7 @@ def run_search(
     callbacks = search_callbacks(spec, name, out_dir, wandb_mode, args.wandb_project, cfg.epochs)
     budget = f", time budget {format_duration(spec.search.time_budget)}" if spec.search.time_budget else ""
     console.print(
-        f"[bold]search[/] {name}: {spec.search.num_samples} trials of {cfg.epochs} epochs on {cfg.data} "
+        f"[bold]search[/] {name}: {spec.search.num_samples} trials of {spec.describe_epochs()} on {cfg.data} "
         f"({cfg.size} px), {spec.search.max_concurrent} at a time{budget}; space: {', '.join(spec.space)}; "
         f"W&B {wandb_mode}\n  results: {experiment_path}\n  Ray's own log: {out_dir / RAY_LOG}"
     )

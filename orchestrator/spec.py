@@ -56,8 +56,9 @@ def format_duration(seconds: float) -> str:
 # Trainer parameters a space may not hold, and why.
 UNSEARCHABLE = {
     "epochs": "epochs cannot be searched: ASHA's rungs and the end reasons use one fixed number; set train.epochs "
-    "(ASHA already gives weak trials fewer epochs)",
+    "to a number or to auto (ASHA already gives weak trials fewer epochs)",
 }
+AUTO_EPOCHS = "auto"  # train.epochs: enough epochs to see search.min_train_images training pairs
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 
 
@@ -79,10 +80,14 @@ class SearchSettings:
     time_budget: float = 0.0  # seconds (the spec also takes 90s, 10m, 2h); 0 = none. Running trials end then
     keep_generators: int = 3  # ended trials that keep their best generator (by val SSIM); the rest keep metrics
     keep_full_state: bool = False  # keep ended trials' full checkpoints (D, optimizers): 3-4x the disk
+    # train.epochs: auto gives each trial the fewest epochs in which it sees this many training pairs
+    # (never fewer than grace_period): 8 epochs of default.yaml's 768 glyphs, as many steps on any set.
+    min_train_images: int = 6144
 
     def __post_init__(self) -> None:
         for name in (
             "num_samples", "max_concurrent", "grace_period", "reduction_factor", "image_every", "keep_generators",
+            "min_train_images",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise UserError(f"search.{name} must be >= 1 (got {getattr(self, name)})")
@@ -129,15 +134,54 @@ class Param:
 @dataclass(frozen=True)
 class SearchSpec:
     source: str
-    train: dict[str, Any]
+    train: dict[str, Any]  # train.epochs may be AUTO until `with_epochs_for` resolves it
     search: SearchSettings
     space: dict[str, Param] = field(default_factory=dict)
+    auto_train_images: int | None = None  # epochs was auto and was resolved for this many training pairs
+
+    @property
+    def epochs_auto(self) -> bool:
+        """train.epochs is auto and not resolved yet."""
+        return self.train.get("epochs") == AUTO_EPOCHS
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         return {name: p.distribution() for name, p in self.space.items()}
 
+    def fixed_settings(self) -> dict[str, Any]:
+        """The fixed trainer settings, less an unresolved `epochs: auto` (it needs the data to become a number)."""
+        return {k: v for k, v in self.train.items() if not (k == "epochs" and v == AUTO_EPOCHS)}
+
     def trial_config(self, params: dict[str, Any]) -> TrainConfig:
+        if self.epochs_auto:
+            raise RuntimeError(f"{self.source}: train.epochs is auto; resolve it (with_epochs_for) before trials")
         return TrainConfig.from_dict({**self.train, **params}, source=self.source)
+
+    def with_epochs_for(self, train_images: int) -> SearchSpec:
+        """`epochs: auto` made a number for a training split of `train_images` pairs: the fewest epochs
+        that show a trial search.min_train_images pairs, and at least grace_period."""
+        if not self.epochs_auto:
+            return self
+        cfg = TrainConfig.from_dict(self.fixed_settings(), source=self.source)
+        epochs = max(self.search.grace_period, cfg.epochs_to_see(self.search.min_train_images, train_images))
+        return dataclasses.replace(self, train={**self.train, "epochs": epochs}, auto_train_images=train_images)
+
+    def describe_epochs(self) -> str:
+        """How long a full trial is, and why, in a few words (the start line and the summary)."""
+        cfg = self.trial_config({})
+        if self.auto_train_images is None:
+            return f"{cfg.epochs} epochs"
+        per_epoch = cfg.steps_per_epoch(self.auto_train_images) * cfg.batch_size
+        return (
+            f"{cfg.epochs} epochs (auto: {per_epoch} of {self.auto_train_images} training pairs an epoch, "
+            f"at least {self.search.min_train_images} a trial and {self.search.grace_period} epochs)"
+        )
+
+    def check_fixed_settings(self) -> None:
+        """The fixed settings alone must form a valid config; epochs a number or auto."""
+        epochs = self.train.get("epochs")
+        if isinstance(epochs, str) and epochs != AUTO_EPOCHS:
+            raise UserError(f"{self.source}: train.epochs must be an integer or {AUTO_EPOCHS} (got {epochs!r})")
+        TrainConfig.from_dict(self.fixed_settings(), source=self.source)
 
     def with_overrides(self, train: dict[str, Any], search: dict[str, Any]) -> SearchSpec:
         """CLI flags win over the file; the result is validated like the file was."""
@@ -149,7 +193,7 @@ class SearchSpec:
         spec = SearchSpec(
             self.source, train, _settings(self.source, {**dataclasses.asdict(self.search), **search_values}), self.space
         )
-        spec.trial_config({})  # validates the fixed settings together
+        spec.check_fixed_settings()
         return spec
 
 
@@ -176,11 +220,11 @@ def load_spec(path: Path) -> SearchSpec:
     if clash:
         raise UserError(f"{source}: {', '.join(clash)} appears in both train and space; fix it or search it, not both")
     spec = SearchSpec(source, train, _settings(source, search), space)
-    spec.trial_config({})  # fixed settings alone must form a valid config
+    spec.check_fixed_settings()
     for p in space.values():  # every value the space can produce must be a valid trainer setting
         for probe in p.choices if p.type == "categorical" else (p.low, p.high):
             try:
-                TrainConfig.from_dict({**train, p.name: int(probe) if p.type == "int" else probe})
+                TrainConfig.from_dict({**spec.fixed_settings(), p.name: int(probe) if p.type == "int" else probe})
             except UserError as err:
                 raise UserError(f"{source}: space.{p.name} allows a value the trainer rejects ({err})") from None
     return spec

@@ -20,7 +20,8 @@ from search_cli import ROOT, TINY, search_command, search_env
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from orchestrator import search
-from orchestrator.spec import load_spec, parse_duration
+from orchestrator.runner import resolve_epochs
+from orchestrator.spec import DEFAULT_SPEC, load_spec, parse_duration
 from trainer.checkpoint import BEST_GENERATOR, LAST, load_torch
 from trainer.data import load_paired_data
 from trainer.export import CARD, ONNX, SAMPLES, WEIGHTS, load_generator
@@ -279,6 +280,37 @@ def test_resume_without_name_picks_the_latest_search_of_this_spec_only(tmp_path:
     assert search.experiment_name(args, str(tmp_path)) == "tiny-20261125-101500"
 
 
+def test_a_search_with_epochs_auto_runs_and_ends_trials_on_the_resolved_number(ray_session, tmp_path: Path) -> None:
+    spec = yaml.safe_load(TINY.read_text())
+    spec["train"]["epochs"] = "auto"  # 128 training glyphs an epoch: 256 images take 2 epochs
+    spec["search"].update(num_samples=2, min_train_images=256, stop_patience=0)
+    config = tmp_path / "auto.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    assert search.main(["--config", str(config), "--storage-path", str(tmp_path), "--wandb", "off", "--name", "a"]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["epochs_note"].startswith("2 epochs (auto: 128 of 128 training pairs")
+    assert summary["fixed"]["epochs"] == 2
+    for trial in summary["trials"]:  # ASHA's max_t is 2: a trial that ran 2 epochs finished, none ran more
+        assert trial["epochs"] <= 2 and (trial["status"] == "finished") == (trial["epochs"] == 2), trial
+
+
+@pytest.mark.fast
+def test_epochs_auto_gives_each_trial_min_train_images_and_at_least_the_grace_period() -> None:
+    spec = load_spec(DEFAULT_SPEC)  # glyphs: max_train_images 768, batch 16, min_train_images 6144
+    assert spec.epochs_auto and spec.search.min_train_images == 6144
+    with pytest.raises(RuntimeError, match="auto"):
+        spec.trial_config({})  # no trial may start on an unresolved number
+    resolved = resolve_epochs(spec)  # loads the glyph training split as a trial does
+    assert resolved.trial_config({}).epochs == 8 and resolved.auto_train_images == 768  # as long as before auto
+    assert resolved.describe_epochs().startswith("8 epochs (auto: 768 of 768 training pairs an epoch")
+    # 235 pairs: 14 steps of 16 = 224 pairs an epoch, 6144 / 224 = 27.4 -> 28 epochs (3.5x the steps of 8 epochs)
+    assert spec.with_epochs_for(235).trial_config({}).epochs == 28
+    assert spec.with_epochs_for(100_000).trial_config({}).epochs == spec.search.grace_period
+    explicit = spec.with_overrides({"epochs": 5}, {})
+    assert not explicit.epochs_auto and resolve_epochs(explicit) == explicit
+    assert explicit.trial_config({}).epochs == 5 and explicit.describe_epochs() == "5 epochs"
+
+
 @pytest.mark.fast
 def test_time_budget_reads_durations() -> None:
     assert [parse_duration(v, "x") for v in (600, "90s", "10m", "1.5h", "0")] == [600, 90, 600, 5400, 0]
@@ -300,6 +332,8 @@ def test_time_budget_reads_durations() -> None:
         ("space:\n  epochs: {type: int, low: 2, high: 8}\n", "space.epochs: epochs cannot be searched"),
         ("train:\n  size: 48\n", "size must be a power of 2"),
         ("train:\n  epochs: 2.5\n", "epochs must be an integer"),
+        ("train:\n  epochs: automatic\n", "train.epochs must be an integer or auto"),
+        ("search:\n  min_train_images: 0\n", "search.min_train_images must be >= 1"),
         ("spaces: {}\n", "unknown section(s) spaces"),
         ("space: [\n", "not valid YAML"),
         ("train:\n  dropout: 0.1\nspace:\n  dropout: {type: float, low: 0, high: 0.5}\n", "in both train and space"),
