@@ -9,7 +9,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.table import Table
 
 from orchestrator.endings import ERROR
@@ -18,13 +17,12 @@ from orchestrator.trainable import FAILED, FINISHED, INTERRUPTED, STOPPED_BUDGET
 from trainer.checkpoint import BEST_GENERATOR, load_torch, write_json
 from trainer.config import TrainConfig
 from trainer.errors import UserError
-from trainer.evaluate import evaluate_volumes
+from trainer.evaluate import NativeScores, evaluate_generator
 from trainer.export import export_generator, generator_from_checkpoint
-from trainer.loop import MEAN_IMAGE, baseline_metrics, evaluate, load_run_data, pick_device
+from trainer.loop import evaluate, load_run_data, pick_device
 
 HISTORY_KEYS = ("epoch", "G_GAN", "G_L1", "D_real", "D_fake", "val_ssim", "val_psnr", "val_mae", "lr_G", "lr_D")
 SUMMARY_FILE = "summary.json"
-GRID_SAMPLES = 8
 VERSIONED_PACKAGES = ("torch", "torchvision", "ray", "optuna", "wandb", "scikit-image", "onnx", "onnxruntime")
 
 
@@ -144,14 +142,10 @@ def export_best(
             f"{cfg.data}: its files changed during the search (split hash {data.split_hash} against the trials' "
             f"{state['split_hash']}); restore the data, or run the search again on the new files"
         )
-    device = pick_device("auto")
-    G = generator_from_checkpoint(state).to(device)
-    test = data.splits["test"]
-    test_metrics = evaluate(G, test, prefix="test")
-    val_metrics = evaluate(G, data.splits["val"], prefix="val")
-    baseline, baseline_name = baseline_metrics(data, "test", device, cfg.val_batch_size)
-    identity = None if baseline_name == MEAN_IMAGE else baseline
-    volumes = evaluate_volumes(G, data, cfg, "test", device).to_card() if data.is_volumes else None
+    G = generator_from_checkpoint(state).to(pick_device("auto"))
+    test = evaluate_generator(G, data, cfg, "test", state["epoch"])
+    metrics = test.card_metrics()  # test, identity_test, test_native, ...: the names the card and summary share
+    val_metrics = evaluate(G, data.splits["val"], cfg.val_batch_size, prefix="val")
     card = {
         "name": "pix2pix-tune generator",
         "trial_id": best["trial_id"],
@@ -159,36 +153,47 @@ def export_best(
         "hyperparameters": {k: best["params"][k] for k in spec.space if k in best["params"]},
         "train_config": cfg.to_dict(),
         "val": val_metrics,
-        "test": test_metrics,
-        "identity_test": identity,
-        "mean_image_test": baseline if baseline_name == MEAN_IMAGE else None,
-        "test_volumes": volumes,
+        **metrics,
         "direction": cfg.direction,
         "intensity": data.intensity_record(),
-        "test_images": len(test),
+        "test_images": test.pairs,
         "data": {
             "source": cfg.data,
             "split_hash": data.split_hash,
             "splits": {s: len(names) for s, names in data.split_names.items()},
         },
         "metrics_note": "SSIM (7x7 uniform window, K1 0.01, K2 0.03, sample covariance), PSNR and MAE on images "
-        "scaled to [-1, 1] (data_range 2); means over test images; G in eval mode",
+        "scaled to [-1, 1] (data_range 2); means over test images; G in eval mode. test_native: the same at each "
+        "target's own size, on the outputs as trainer.predict writes them (resized back, at the input's bit depth)",
         "experiment": Path(experiment_path).name,  # a name, not a path: the folder may move
         "versions": library_versions(),
     }
-    n = min(GRID_SAMPLES, len(test))
-    inputs, targets = test.batch(torch.arange(n))
+    inputs, _, targets = test.samples
     card = export_generator(G.cpu(), best_dir, card, samples=(inputs, targets))
     return {
         "trial_id": best["trial_id"],
         "params": best["params"],
         "epoch": state["epoch"],
         "val": val_metrics,
-        "test": test_metrics,
-        "identity_test": identity,
+        "test": metrics["test"],
+        "identity_test": metrics["identity_test"],
+        "test_native": metrics["test_native"],
+        "identity_test_native": metrics["identity_test_native"],
+        "native_note": native_note(test.native, metrics["identity_test_native"]),
         "export_dir": best_dir.name,
         "card": card,
     }
+
+
+def native_note(native: NativeScores | None, identity: dict[str, float] | None) -> str | None:
+    """One line when, at the images' own size, the model does not beat output = input on test SSIM
+    (it can beat it at the model's size and lose it to the resize back)."""
+    if native is None or identity is None or native.metrics["test_ssim"] > identity["test_ssim"]:
+        return None
+    return (
+        f"at the images' own size ({native.describe_sizes()}) the model does NOT beat the identity baseline: "
+        f"test SSIM {native.metrics['test_ssim']:.4f} against {identity['test_ssim']:.4f}"
+    )
 
 
 def write_summary(
@@ -244,10 +249,15 @@ def render_summary(summary: dict[str, Any]) -> Table:
     rows = [("val", best["val"], "val"), ("test", best["test"], "test")]
     if best["identity_test"]:
         rows.append(("test, identity baseline (output = input)", best["identity_test"], "test"))
+    if best.get("test_native"):
+        rows.append(("test at the images' own size", best["test_native"], "test"))
+    if best.get("identity_test_native"):
+        rows.append(("test at the images' own size, identity baseline", best["identity_test_native"], "test"))
     for label, values, prefix in rows:
         table.add_row(label, *(f"{values[f'{prefix}_{m}']:.4f}" for m in ("ssim", "psnr", "mae")))
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
-    table.caption = f"params: {params}\nstopped or failed trials: " + "; ".join(
+    warning = f"[bold red]{best['native_note']}[/]\n" if best.get("native_note") else ""
+    table.caption = f"{warning}params: {params}\nstopped or failed trials: " + "; ".join(
         f"{t['trial_id']} {t['status']}" for t in summary["trials"] if t["status"] != FINISHED
     )
     return table

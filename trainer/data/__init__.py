@@ -136,12 +136,14 @@ class PairedData:
     splits: dict[str, PairedImages]  # a = the model's input, b = its target (after `direction`)
     split_names: dict[str, list[str]]  # image pairs, or subjects for volumes
     maps: dict[str, IntensityMap]  # "A" and "B": each folder's mapping, whatever the direction
+    # Each split's pairs on disk (subjects for volumes), for the metrics at the data's own size:
+    # whole volumes, or images at their own size (trainer.evaluate).
+    files: dict[str, list[PairFiles]]
     direction: str = "AtoB"
-    subjects: dict[str, list[PairFiles]] | None = None  # volumes: each split's subjects, for whole-volume metrics
 
     @property
     def is_volumes(self) -> bool:
-        return self.subjects is not None
+        return any(p.is_volume for pairs in self.files.values() for p in pairs)
 
     @property
     def input_side(self) -> str:
@@ -483,7 +485,7 @@ def load_paired_data(
     _unify_channels(splits)
     if run_dir is not None:
         save_split(run_dir, data, split_names)
-    return PairedData(data, splits, split_names, maps, options.direction, files if volumes else None)
+    return PairedData(data, splits, split_names, maps, files, options.direction)
 
 
 def _evenly_spaced(images: PairedImages, count: int) -> PairedImages:
