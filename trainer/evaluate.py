@@ -38,6 +38,7 @@ from trainer.loop import (
     translate,
 )
 from trainer.metrics import METRIC_NAMES, per_image_metrics, volume_metrics
+from trainer.model_card import describe_sizes
 from trainer.models import UNetGenerator
 from trainer.predict import to_image, to_unit, translate_ras
 from trainer.train import METRIC_LABELS, OneLineErrorParser, comparison_table
@@ -91,8 +92,7 @@ class NativeScores:
     sizes: list[tuple[int, int]]  # the targets' sizes (height, width), each once
 
     def describe_sizes(self) -> str:
-        shown = ", ".join(f"{w}x{h}" for h, w in self.sizes[:3])
-        return shown + (f" and {len(self.sizes) - 3} more sizes" if len(self.sizes) > 3 else "") + " px"
+        return describe_sizes(self.sizes)
 
 
 @dataclass
