@@ -133,6 +133,14 @@ def test_readme_model_card_holds_the_numbers_of_model_card_json(finished_search:
         assert section in body
     assert card["data"]["split_hash"] in body and "trainer.predict" in body and "onnxruntime" in body
     assert f"{card['identity_test']['test_ssim']:.4f}" in body  # the baseline beside the model
+    # 128 px glyph files, a 32 px model: the card also scores the images at their own size
+    assert card["test_native_sizes"] == [[128, 128]]
+    for key in ("test_native", "identity_test_native"):
+        assert f"{card[key]['test_ssim']:.4f}" in body
+    summary = json.loads((finished_search / "summary.json").read_text())
+    assert summary["best"]["test_native"] == card["test_native"]
+    beaten = card["test_native"]["test_ssim"] > card["identity_test_native"]["test_ssim"]
+    assert (summary["best"]["native_note"] is None) == beaten
     assert json.loads((best / "config.json").read_text())["train_config"] == card["train_config"]
 
 
