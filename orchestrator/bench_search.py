@@ -84,7 +84,12 @@ class Outcome:
 def random_searcher(spec: SearchSpec) -> OptunaSearch:
     sampler = optuna.samplers.RandomSampler(seed=spec.search.seed)
     return OptunaSearch(
-        space=spec.distributions(), metric=SEARCH_METRIC, mode="max", sampler=sampler, seed=spec.search.seed
+        space=spec.distributions(),
+        metric=SEARCH_METRIC,
+        mode="max",
+        sampler=sampler,
+        seed=spec.search.seed,
+        points_to_evaluate=[spec.paper_point()],  # both searches start from the paper's settings
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator.endings import ERROR
+from orchestrator.references import is_l1_reference, reference_records
 from orchestrator.spec import SearchSpec, format_duration
 from orchestrator.trainable import FAILED, FINISHED, INTERRUPTED, STOPPED_BUDGET, end_reason
 from trainer.checkpoint import BEST_GENERATOR, load_torch, write_json
@@ -126,8 +127,13 @@ def export_best(
 ) -> dict[str, Any] | None:
     """Evaluate the best trial's best epoch on the test split and export its generator."""
     # A failed trial is not exported even if it scored before failing: the study holds it as FAIL, and
-    # the exported trial must be the study's best_trial.
-    scored = [t for t in trials if t["best_val_ssim"] is not None and t["status"] != FAILED]
+    # the exported trial must be the study's best_trial. The L1-only reference is not a candidate
+    # (nor in the study): it is what the candidates are compared with.
+    scored = [
+        t
+        for t in trials
+        if t["best_val_ssim"] is not None and t["status"] != FAILED and not is_l1_reference(t["params"], spec.space)
+    ]
     if not scored:
         return None
     best = max(scored, key=lambda t: t["best_val_ssim"])
@@ -154,6 +160,7 @@ def export_best(
         "train_config": cfg.to_dict(),
         "val": val_metrics,
         **metrics,
+        "references": reference_records(trials, spec),  # their best epochs' val metrics, beside "val"
         "direction": cfg.direction,
         "intensity": data.intensity_record(),
         "test_images": test.pairs,
@@ -220,6 +227,7 @@ def write_summary(
         "wall_seconds": wall_seconds,
         "wandb": wandb,
         "trials": trials,
+        "references": reference_records(trials, spec),
         "best": {k: v for k, v in best.items() if k != "card"} if best else None,
     }
     write_json(out_dir / SUMMARY_FILE, summary)
@@ -246,7 +254,11 @@ def render_summary(summary: dict[str, Any]) -> Table:
     table.add_column("SSIM", justify="right")
     table.add_column("PSNR dB", justify="right")
     table.add_column("MAE", justify="right")
-    rows = [("val", best["val"], "val"), ("test", best["test"], "test")]
+    rows = [("val", best["val"], "val")]
+    for reference in summary["references"].values():
+        if reference["val"]:
+            rows.append((f"val, {reference['label']} ({reference['trial_id']})", reference["val"], "val"))
+    rows.append(("test", best["test"], "test"))
     if best["identity_test"]:
         rows.append(("test, identity baseline (output = input)", best["identity_test"], "test"))
     if best.get("test_native"):

@@ -19,6 +19,7 @@ from rich.console import Console
 from orchestrator.endings import TrialEndings
 from orchestrator.progress import LiveTrialTable
 from orchestrator.ray_output import RAY_LOG, result_loggers, route_ray_logs
+from orchestrator.references import ReferenceSearcher
 from orchestrator.report import publish_wandb_report, write_report
 from orchestrator.results import export_best, render_summary, summarize_trials, write_summary
 from orchestrator.retention import CheckpointRetention
@@ -72,7 +73,12 @@ def make_searcher(spec: SearchSpec) -> OptunaSearch:
         n_startup_trials=spec.search.startup_trials,
     )
     return OptunaSearch(
-        space=spec.distributions(), metric=SEARCH_METRIC, mode="max", sampler=sampler, seed=spec.search.seed
+        space=spec.distributions(),
+        metric=SEARCH_METRIC,
+        mode="max",
+        sampler=sampler,
+        seed=spec.search.seed,
+        points_to_evaluate=[spec.paper_point()],  # the first trial: the paper's settings (orchestrator.references)
     )
 
 
@@ -111,7 +117,7 @@ def build_tuner(
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec),
+            search_alg=ReferenceSearcher(make_searcher(spec), spec.runs_l1_reference),
             scheduler=make_scheduler(spec, epochs),
             num_samples=spec.search.num_samples,
             max_concurrent_trials=spec.search.max_concurrent,

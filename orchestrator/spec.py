@@ -59,6 +59,9 @@ UNSEARCHABLE = {
     "to a number or to auto (ASHA already gives weak trials fewer epochs)",
 }
 AUTO_EPOCHS = "auto"  # train.epochs: enough epochs to see search.min_train_images training pairs
+# The paper's settings (Isola et al. 2017), which TrainConfig's defaults hold: every search runs them
+# first (orchestrator.references), so a space must include them.
+PAPER_PARAMETERS = ("lambda_l1", "dropout", "lr_G", "lr_D", "beta1")
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 
 
@@ -83,6 +86,9 @@ class SearchSettings:
     # train.epochs: auto gives each trial the fewest epochs in which it sees this many training pairs
     # (never fewer than grace_period): 8 epochs of default.yaml's 768 glyphs, as many steps on any set.
     min_train_images: int = 6144
+    # After the paper's settings, run them once without the discriminator (gan_weight 0): the L1-only
+    # reference, never exported. Off where the search varies or fixes gan_weight itself.
+    l1_reference: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -125,6 +131,13 @@ class Param:
             return value in self.choices
         return self.low <= value <= self.high
 
+    def nearest(self, value: Any) -> Any:
+        """`value` where the space holds it, else the closest value it does (the first choice)."""
+        if self.type == "categorical":
+            return value if value in self.choices else self.choices[0]
+        clipped = min(max(value, self.low), self.high)
+        return int(clipped) if self.type == "int" else float(clipped)
+
     def describe(self) -> dict[str, Any]:
         if self.type == "categorical":
             return {"type": self.type, "choices": list(self.choices)}
@@ -146,6 +159,19 @@ class SearchSpec:
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         return {name: p.distribution() for name, p in self.space.items()}
+
+    def paper_point(self) -> dict[str, Any]:
+        """The first trial: every searched parameter at TrainConfig's default, the paper's setting (load_spec
+        checks that the space includes those of PAPER_PARAMETERS; any other takes the nearest value its
+        space allows)."""
+        defaults = TrainConfig()
+        return {name: p.nearest(getattr(defaults, name)) for name, p in self.space.items()}
+
+    @property
+    def runs_l1_reference(self) -> bool:
+        """search.l1_reference, where the search does not vary or fix gan_weight itself."""
+        fixed_gan = self.train.get("gan_weight", TrainConfig().gan_weight)
+        return self.search.l1_reference and "gan_weight" not in self.space and fixed_gan > 0
 
     def fixed_settings(self) -> dict[str, Any]:
         """The fixed trainer settings, less an unresolved `epochs: auto` (it needs the data to become a number)."""
@@ -221,6 +247,14 @@ def load_spec(path: Path) -> SearchSpec:
         raise UserError(f"{source}: {', '.join(clash)} appears in both train and space; fix it or search it, not both")
     spec = SearchSpec(source, train, _settings(source, search), space)
     spec.check_fixed_settings()
+    defaults = TrainConfig()
+    for name in (name for name in PAPER_PARAMETERS if name in space):
+        value = getattr(defaults, name)
+        if not space[name].contains(value):
+            raise UserError(
+                f"{source}: space.{name} excludes {value:g}, the paper's setting that every search runs first; "
+                "widen the range to include it"
+            )
     for p in space.values():  # every value the space can produce must be a valid trainer setting
         for probe in p.choices if p.type == "categorical" else (p.low, p.high):
             try:

@@ -107,6 +107,10 @@ def metrics_section(card: dict[str, Any]) -> list[str]:
             )
     if val:
         rows.append(["validation, model", *values(val, "val")])
+    for reference in (card.get("references") or {}).values():  # the search's reference trials (orchestrator)
+        if reference.get("val"):
+            label = f"validation, {reference['label']} (trial `{reference['trial_id']}`, best epoch)"
+            rows.append([label, *values(reference["val"], "val")])
     out += table(header, rows)
     if native:
         out += ["", "At the images' own size the outputs are scored as `trainer.predict` writes them: resized back "
