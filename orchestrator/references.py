@@ -11,7 +11,7 @@ nor written into the Optuna study (orchestrator.study).
 
 from __future__ import annotations
 
-import pickle
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -92,11 +92,10 @@ class ReferenceSearcher(Searcher):
         if trial_id != self.l1_trial:
             self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
-    def save(self, checkpoint_path: str) -> None:
-        # As OptunaSearch saves itself: the whole object state, the wrapped searcher included.
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__dict__.copy(), file)
+    # Tune saves a wrapper's state with get_state (the wrapped searcher, found through `.searcher`,
+    # saves itself), as it does for its own ConcurrencyLimiter.
+    def get_state(self) -> dict[str, Any]:
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "searcher"})
 
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)

@@ -84,7 +84,8 @@ def test_ended_trials_keep_only_the_best_generators(finished_search: Path) -> No
 def test_optuna_study_agrees_with_the_export_and_the_trials(finished_search: Path) -> None:
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{finished_search / 'optuna.db'}")
     summary = json.loads((finished_search / "summary.json").read_text())
-    trials = {t["trial_id"]: t for t in summary["trials"]}
+    l1_only = summary["references"]["l1_only"]["trial_id"]  # no point of the space: not in the study
+    trials = {t["trial_id"]: t for t in summary["trials"] if t["trial_id"] != l1_only}
     assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(trials)
     card = json.loads((finished_search / "best" / CARD).read_text())
     assert study.best_trial.user_attrs["trial_id"] == card["trial_id"]
@@ -106,7 +107,8 @@ def test_optuna_study_agrees_with_the_export_and_the_trials(finished_search: Pat
 
 def test_export_is_the_best_epoch_of_the_best_trial(finished_search: Path) -> None:
     summary = json.loads((finished_search / "summary.json").read_text())
-    best_trial = max(summary["trials"], key=lambda t: t["best_val_ssim"])
+    l1_only = summary["references"]["l1_only"]["trial_id"]  # a reference, never exported
+    best_trial = max((t for t in summary["trials"] if t["trial_id"] != l1_only), key=lambda t: t["best_val_ssim"])
     card = json.loads((finished_search / "best" / CARD).read_text())
     assert card["trial_id"] == best_trial["trial_id"]
     assert card["epoch"] == best_trial["best_epoch"]
@@ -116,6 +118,27 @@ def test_export_is_the_best_epoch_of_the_best_trial(finished_search: Path) -> No
     assert {"torch", "ray", "optuna"} <= set(card["versions"])
     assert (finished_search / "best" / SAMPLES).stat().st_size > 0
     assert (finished_search / "report.html").is_file()
+
+
+def test_the_search_runs_the_papers_settings_first_then_without_the_discriminator(finished_search: Path) -> None:
+    summary = json.loads((finished_search / "summary.json").read_text())
+    paper = {"lambda_l1": 100.0, "dropout": 0.5, "lr_G": 2e-4, "lr_D": 2e-4}  # Isola et al. 2017
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{finished_search / 'optuna.db'}")
+    assert study.trials[0].params == paper  # Optuna's first trial, enqueued
+    references = summary["references"]
+    trials = {t["trial_id"]: t for t in summary["trials"]}
+    assert trials[references["paper"]["trial_id"]]["params"] == paper == references["paper"]["params"]
+    l1_only = trials[references["l1_only"]["trial_id"]]
+    assert l1_only["params"] == {**paper, "gan_weight": 0.0}
+    assert all("G_GAN" not in row and row["G_L1"] is not None for row in l1_only["history"]), "it trained without D"
+    for reference in references.values():
+        trial = trials[reference["trial_id"]]
+        assert reference["val"]["val_ssim"] == pytest.approx(trial["best_val_ssim"])
+    card = json.loads((finished_search / "best" / CARD).read_text())
+    assert card["references"] == references
+    body = (finished_search / "best" / "README.md").read_text()
+    assert "L1 only (paper's settings, no discriminator)" in body
+    assert f"{references['l1_only']['val']['val_ssim']:.4f}" in body
 
 
 def test_readme_model_card_holds_the_numbers_of_model_card_json(finished_search: Path) -> None:
@@ -342,6 +365,7 @@ def test_time_budget_reads_durations() -> None:
         ("train:\n  epochs: 2.5\n", "epochs must be an integer"),
         ("train:\n  epochs: automatic\n", "train.epochs must be an integer or auto"),
         ("search:\n  min_train_images: 0\n", "search.min_train_images must be >= 1"),
+        ("space:\n  lr_D: {type: float, low: 3.0e-4, high: 1.0e-3}\n", "space.lr_D excludes 0.0002, the paper's"),
         ("spaces: {}\n", "unknown section(s) spaces"),
         ("space: [\n", "not valid YAML"),
         ("train:\n  dropout: 0.1\nspace:\n  dropout: {type: float, low: 0, high: 0.5}\n", "in both train and space"),
