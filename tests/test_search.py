@@ -212,8 +212,8 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(ray_sess
             "lambda_l1: {type: float, low: 10.0, high: 500.0, log: true}",
             "lambda_l1: {type: categorical, choices: [1.0e+39, 100.0]}",  # 1e39 * L1 overflows float32
         )
-        .replace("num_samples: 4", "num_samples: 3")
-        .replace("startup_trials: 2", "startup_trials: 3")
+        .replace("startup_trials: 2", "startup_trials: 4")  # the paper's lambda 100 first, then 3 random draws
+        .replace("seed: 0", "seed: 0\n  l1_reference: false")
     )
     spec.write_text(text)
     code = search.main(
@@ -221,7 +221,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(ray_sess
     )
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
     statuses = {t["params"]["lambda_l1"]: t["status"] for t in summary["trials"]}
-    assert len(summary["trials"]) == 3
+    assert len(summary["trials"]) == 4 and summary["references"].keys() == {"paper"}
     failed = [t for t in summary["trials"] if t["status"] == "failed"]
     assert failed and all(t["params"]["lambda_l1"] == 1e39 for t in failed), statuses
     assert all("NaN or infinite" in t["reason"] for t in failed)
