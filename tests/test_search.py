@@ -277,15 +277,20 @@ def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path
     after = result_lines(experiment)
     for trial, n in finished_before.items():
         assert after[trial] == n, f"finished trial {trial} was run again"
+    # The reference searcher's state came back too: one L1-only reference, and it is not in the study.
+    (l1_only,) = [t["trial_id"] for t in summary["trials"] if "gan_weight" in t["params"]]
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}")
-    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(ids)
+    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(i for i in ids if i != l1_only)
 
 
 def test_time_budget_ends_running_trials_and_the_best_so_far_is_exported(ray_session, tmp_path: Path) -> None:
     # Trials of 500 epochs that neither ASHA nor the plateau rule may stop: only the budget ends them.
     flags = ["--epochs", "500", "--num-samples", "2", "--grace-period", "500", "--stop-patience", "0"]
+    spec = tmp_path / "candidates_only.yaml"  # both trials candidates for the export, no L1-only reference
+    spec.write_text(TINY.read_text().replace("seed: 0", "seed: 0\n  l1_reference: false"))
     started = time.time()
-    assert run_search(tmp_path, "--name", "budget", *flags, "--time-budget", "25s") == 0
+    command = ["--config", str(spec), "--storage-path", str(tmp_path), "--wandb", "off", "--name", "budget", *flags]
+    assert search.main([*command, "--time-budget", "25s"]) == 0
     wall = time.time() - started
     experiment = tmp_path / "budget"
     summary = json.loads((experiment / "summary.json").read_text())
