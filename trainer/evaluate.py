@@ -22,7 +22,7 @@ from rich.table import Table
 
 from trainer.checkpoint import load_torch
 from trainer.config import Device, TrainConfig
-from trainer.data import SPLITS, PairedData, PairedImages, read_pair
+from trainer.data import SPLITS, PairedData, PairedImages, read_pair, side_size
 from trainer.data.volumes import read_subject
 from trainer.errors import UserError, exits_cleanly_on_user_error
 from trainer.export import generator_from_checkpoint
@@ -181,18 +181,18 @@ def evaluate_native(G: UNetGenerator, data: PairedData, split: str, size: int, b
     if data.is_volumes:
         return None
     in_map, out_map = data.maps[data.input_side], data.maps[data.target_side]
-    pairs = [read_pair(p) for p in data.files[split]]
-    if data.direction == "BtoA":
-        pairs = [(b, a) for a, b in pairs]
-    sizes = sorted({target.shape[:2] for _, (target, _) in pairs})
+    files = data.files[split]
+    sizes = sorted({side_size(pair, data.target_side) for pair in files})
     if sizes == [(size, size)]:
         return None
     identity = data.has_identity_baseline
     mean = None if identity else mean_image(data.splits["train"])
     scores: dict[str, dict[str, list[torch.Tensor]]] = {"model": {}, "baseline": {}}
     device = next(G.parameters()).device
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
+    for start in range(0, len(files), batch_size):
+        chunk = [read_pair(pair) for pair in files[start : start + batch_size]]  # a batch at a time in memory
+        if data.direction == "BtoA":
+            chunk = [(b, a) for a, b in chunk]
         x = torch.cat([to_unit(a, max_a, data.in_channels, in_map, size, size) for (a, max_a), _ in chunk])
         outputs = translate(G, x.to(device)).cpu()
         for ((a, max_a), (b, max_b)), output in zip(chunk, outputs):

@@ -29,6 +29,7 @@ import numpy as np
 import png
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from trainer.builtin import BUILTIN_PREFIX, builtin_root
 from trainer.checkpoint import write_json
@@ -350,6 +351,17 @@ def read_image(path: Path) -> tuple[np.ndarray, int]:
 
 
 Decoded = tuple[np.ndarray, int]  # (H, W, C) pixels and their max value
+
+
+def side_size(pair: PairFiles, side: str) -> tuple[int, int]:
+    """(height, width) of side A or B of an image pair, from the file header: nothing is decoded."""
+    path = pair.a if side == "A" or pair.b is None else pair.b
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as err:  # Pillow raises many types for unreadable files
+        raise UserError(f"{path}: cannot be read as an image ({type(err).__name__}); replace or remove it") from None
+    return (height, width // 2) if pair.b is None else (height, width)
 
 
 def read_pair(pair: PairFiles) -> tuple[Decoded, Decoded]:
