@@ -34,7 +34,14 @@ from orchestrator.endings import TrialEndings
 from orchestrator.outcomes import SEARCH_METRIC, EndReason
 from orchestrator.progress import LiveTrialTable
 from orchestrator.results import summarize_trials
-from orchestrator.runner import QUIET_ENV, make_scheduler, make_searcher, make_trainable, start_ray
+from orchestrator.runner import (
+    QUIET_ENV,
+    make_scheduler,
+    make_searcher,
+    make_trainable,
+    resolve_epochs,
+    start_ray,
+)
 from orchestrator.spec import DEFAULT_SPEC, SearchSpec, load_spec
 from orchestrator.trainable import TrialSettings
 from trainer.errors import exits_cleanly_on_user_error
@@ -77,7 +84,12 @@ class Outcome:
 def random_searcher(spec: SearchSpec) -> OptunaSearch:
     sampler = optuna.samplers.RandomSampler(seed=spec.search.seed)
     return OptunaSearch(
-        space=spec.distributions(), metric=SEARCH_METRIC, mode="max", sampler=sampler, seed=spec.search.seed
+        space=spec.distributions(),
+        metric=SEARCH_METRIC,
+        mode="max",
+        sampler=sampler,
+        seed=spec.search.seed,
+        points_to_evaluate=[spec.paper_point()],  # both searches start from the paper's settings
     )
 
 
@@ -159,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         {"epochs": args.epochs},
         {"num_samples": args.num_samples, "max_concurrent": args.max_concurrent, "seed": args.seed},
     )
+    spec = resolve_epochs(spec)  # both searches run the same number of epochs
     os.environ.update(QUIET_ENV)
     started_ray = start_ray(None)
     try:

@@ -9,22 +9,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.table import Table
 
 from orchestrator.endings import EndingsRecord
 from orchestrator.outcomes import EPOCH_KEYS, Ending, EndReason, SearchState, describe_end, end_reason, error_line
+from orchestrator.references import is_l1_reference, reference_records
 from orchestrator.spec import SearchSpec, format_duration
 from trainer.checkpoint import BEST_GENERATOR, load_torch, write_json
 from trainer.config import TrainConfig
 from trainer.errors import UserError
-from trainer.evaluate import evaluate_volumes
+from trainer.evaluate import NativeScores, evaluate_generator
 from trainer.export import export_generator, generator_from_checkpoint
-from trainer.loop import MEAN_IMAGE, baseline_metrics, evaluate, load_run_data, pick_device
+from trainer.loop import evaluate, load_run_data, pick_device
 
 SUMMARY_FILE = "summary.json"
 EXPORT_DIR = "best"  # the best trial's exported generator, in the experiment folder
-GRID_SAMPLES = 8
 VERSIONED_PACKAGES = ("torch", "torchvision", "ray", "optuna", "wandb", "scikit-image", "onnx", "onnxruntime")
 
 
@@ -118,8 +117,15 @@ def export_best(
 ) -> dict[str, Any] | None:
     """Evaluate the best trial's best epoch on the test split and export its generator."""
     # A failed trial is not exported even if it scored before failing: the study holds it as FAIL, and
-    # the exported trial must be the study's best_trial.
-    scored = [t for t in trials if t["best_val_ssim"] is not None and t["status"] != EndReason.FAILED]
+    # the exported trial must be the study's best_trial. The L1-only reference is not a candidate
+    # (nor in the study): it is what the candidates are compared with.
+    scored = [
+        t
+        for t in trials
+        if t["best_val_ssim"] is not None
+        and t["status"] != EndReason.FAILED
+        and not is_l1_reference(t["params"], spec.space)
+    ]
     if not scored:
         return None
     best = max(scored, key=lambda t: t["best_val_ssim"])
@@ -134,14 +140,10 @@ def export_best(
             f"{cfg.data}: its files changed during the search (split hash {data.split_hash} against the trials' "
             f"{state['split_hash']}); restore the data, or run the search again on the new files"
         )
-    device = pick_device("auto")
-    G = generator_from_checkpoint(state).to(device)
-    test = data.splits["test"]
-    test_metrics = evaluate(G, test, prefix="test")
-    val_metrics = evaluate(G, data.splits["val"], prefix="val")
-    baseline, baseline_name = baseline_metrics(data, "test", device, cfg.val_batch_size)
-    identity = None if baseline_name == MEAN_IMAGE else baseline
-    volumes = evaluate_volumes(G, data, cfg, "test", device).to_card() if data.is_volumes else None
+    G = generator_from_checkpoint(state).to(pick_device("auto"))
+    test = evaluate_generator(G, data, cfg, "test", state["epoch"])
+    metrics = test.card_metrics()  # test, identity_test, test_native, ...: the names the card and summary share
+    val_metrics = evaluate(G, data.splits["val"], cfg.val_batch_size, prefix="val")
     card = {
         "name": "pix2pix-tune generator",
         "trial_id": best["trial_id"],
@@ -149,36 +151,48 @@ def export_best(
         "hyperparameters": {k: best["params"][k] for k in spec.space if k in best["params"]},
         "train_config": cfg.to_dict(),
         "val": val_metrics,
-        "test": test_metrics,
-        "identity_test": identity,
-        "mean_image_test": baseline if baseline_name == MEAN_IMAGE else None,
-        "test_volumes": volumes,
+        **metrics,
+        "references": reference_records(trials, spec),  # their best epochs' val metrics, beside "val"
         "direction": cfg.direction,
         "intensity": data.intensity_record(),
-        "test_images": len(test),
+        "test_images": test.pairs,
         "data": {
             "source": cfg.data,
             "split_hash": data.split_hash,
             "splits": {s: len(names) for s, names in data.split_names.items()},
         },
         "metrics_note": "SSIM (7x7 uniform window, K1 0.01, K2 0.03, sample covariance), PSNR and MAE on images "
-        "scaled to [-1, 1] (data_range 2); means over test images; G in eval mode",
+        "scaled to [-1, 1] (data_range 2); means over test images; G in eval mode. test_native: the same at each "
+        "target's own size, on the outputs as trainer.predict writes them (resized back, at the input's bit depth)",
         "experiment": Path(experiment_path).name,  # a name, not a path: the folder may move
         "versions": library_versions(),
     }
-    n = min(GRID_SAMPLES, len(test))
-    inputs, targets = test.batch(torch.arange(n))
+    inputs, _, targets = test.samples
     card = export_generator(G.cpu(), best_dir, card, samples=(inputs, targets))
     return {
         "trial_id": best["trial_id"],
         "params": best["params"],
         "epoch": state["epoch"],
         "val": val_metrics,
-        "test": test_metrics,
-        "identity_test": identity,
+        "test": metrics["test"],
+        "identity_test": metrics["identity_test"],
+        "test_native": metrics["test_native"],
+        "identity_test_native": metrics["identity_test_native"],
+        "native_note": native_note(test.native, metrics["identity_test_native"]),
         "export_dir": best_dir.name,
         "card": card,
     }
+
+
+def native_note(native: NativeScores | None, identity: dict[str, float] | None) -> str | None:
+    """One line when, at the images' own size, the model does not beat output = input on test SSIM
+    (it can beat it at the model's size and lose it to the resize back)."""
+    if native is None or identity is None or native.metrics["test_ssim"] > identity["test_ssim"]:
+        return None
+    return (
+        f"at the images' own size ({native.describe_sizes()}) the model does NOT beat the identity baseline: "
+        f"test SSIM {native.metrics['test_ssim']:.4f} against {identity['test_ssim']:.4f}"
+    )
 
 
 def write_summary(
@@ -202,9 +216,12 @@ def write_summary(
         "space": {name: p.describe() for name, p in spec.space.items()},
         "search": spec.search.__dict__,
         "num_samples": spec.search.num_samples,
+        "epochs": cfg.epochs,  # a full trial's, as ASHA's max_t and the end reasons used it
+        "epochs_note": spec.describe_epochs(),
         "wall_seconds": wall_seconds,
         "wandb": wandb,
         "trials": trials,
+        "references": reference_records(trials, spec),
         "best": {k: v for k, v in best.items() if k != "card"} if best else None,
     }
     write_json(out_dir / SUMMARY_FILE, summary)
@@ -216,8 +233,8 @@ def render_summary(summary: dict[str, Any]) -> Table:
     for trial in summary["trials"]:
         counts[trial["status"]] = counts.get(trial["status"], 0) + 1
     table = Table(
-        title=f"{summary['name']}: {len(summary['trials'])} trials in {summary['wall_seconds']:.0f} s "
-        f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})",
+        title=f"{summary['name']}: {len(summary['trials'])} trials of up to {summary['epochs_note']} in "
+        f"{summary['wall_seconds']:.0f} s ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})",
         title_justify="left",
     )
     best = summary["best"]
@@ -231,13 +248,22 @@ def render_summary(summary: dict[str, Any]) -> Table:
     table.add_column("SSIM", justify="right")
     table.add_column("PSNR dB", justify="right")
     table.add_column("MAE", justify="right")
-    rows = [("val", best["val"], "val"), ("test", best["test"], "test")]
+    rows = [("val", best["val"], "val")]
+    for reference in summary["references"].values():
+        if reference["val"]:
+            rows.append((f"val, {reference['label']} ({reference['trial_id']})", reference["val"], "val"))
+    rows.append(("test", best["test"], "test"))
     if best["identity_test"]:
         rows.append(("test, identity baseline (output = input)", best["identity_test"], "test"))
+    if best.get("test_native"):
+        rows.append(("test at the images' own size", best["test_native"], "test"))
+    if best.get("identity_test_native"):
+        rows.append(("test at the images' own size, identity baseline", best["identity_test_native"], "test"))
     for label, values, prefix in rows:
         table.add_row(label, *(f"{values[f'{prefix}_{m}']:.4f}" for m in ("ssim", "psnr", "mae")))
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
-    table.caption = f"params: {params}\nstopped or failed trials: " + "; ".join(
+    warning = f"[bold red]{best['native_note']}[/]\n" if best.get("native_note") else ""
+    table.caption = f"{warning}params: {params}\nstopped or failed trials: " + "; ".join(
         f"{t['trial_id']} {t['status']}" for t in summary["trials"] if t["status"] != EndReason.FINISHED
     )
     return table

@@ -23,6 +23,7 @@ from orchestrator.outcomes import METRIC, SEARCH_METRIC, SearchState
 from orchestrator.preflight import check_search
 from orchestrator.progress import LiveTrialTable
 from orchestrator.ray_output import RAY_LOG, result_loggers, route_ray_logs
+from orchestrator.references import ReferenceSearcher
 from orchestrator.report import publish_wandb_report, write_report
 from orchestrator.report.page import REPORT
 from orchestrator.results import EXPORT_DIR, SUMMARY_FILE, export_best, render_summary, summarize_trials, write_summary
@@ -32,7 +33,9 @@ from orchestrator.study import ARTIFACT_DIR, STUDY_FILE, StudyWriter, dashboard_
 from orchestrator.trainable import TrialSettings, run_trial, scratch_dir
 from orchestrator.wandb_callback import WandbTrialLogger
 from orchestrator.wandb_logging import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
+from trainer.config import TrainConfig
 from trainer.errors import UserError
+from trainer.loop import load_run_data
 
 console = Console()
 # Tune's warning about the cost of a thing that costs little next to a training epoch. Its warning
@@ -68,6 +71,16 @@ def use_a_token_of_this_search() -> None:
     ray._raylet.Config.initialize("")
 
 
+def resolve_epochs(spec: SearchSpec) -> SearchSpec:
+    """`epochs: auto` as a number, once, before any trial starts: ASHA's max_t, the end reasons and
+    every trial need the same one. The training split is loaded the way a trial loads it (data,
+    split seed, size, max_train_images, volumes sliced), without training."""
+    if not spec.epochs_auto:
+        return spec
+    data = load_run_data(TrainConfig.from_dict(spec.fixed_settings(), source=spec.source), None)
+    return spec.with_epochs_for(len(data.splits["train"]))
+
+
 def make_searcher(spec: SearchSpec) -> OptunaSearch:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # `group` is stable enough
@@ -79,7 +92,12 @@ def make_searcher(spec: SearchSpec) -> OptunaSearch:
         n_startup_trials=spec.search.startup_trials,
     )
     return OptunaSearch(
-        space=spec.distributions(), metric=SEARCH_METRIC, mode="max", sampler=sampler, seed=spec.search.seed
+        space=spec.distributions(),
+        metric=SEARCH_METRIC,
+        mode="max",
+        sampler=sampler,
+        seed=spec.search.seed,
+        points_to_evaluate=[spec.paper_point()],  # the first trial: the paper's settings (orchestrator.references)
     )
 
 
@@ -118,7 +136,7 @@ def build_tuner(
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec),
+            search_alg=ReferenceSearcher(make_searcher(spec), spec.runs_l1_reference),
             scheduler=make_scheduler(spec, epochs),
             num_samples=spec.search.num_samples,
             max_concurrent_trials=spec.search.max_concurrent,
@@ -205,12 +223,14 @@ def run_search(spec: SearchSpec, name: str, storage_path: str, out_dir: Path, ru
         raise UserError(f"{experiment_path}: no search to resume there; check --storage-path and --name")
     if not run.resume and experiment_exists(experiment_path):
         raise UserError(f"{experiment_path}: already exists; pass --resume to continue it or choose another --name")
-    warnings = check_search(spec, run.address)  # before anything is written or Ray starts
+    resolved = resolve_epochs(spec)  # epochs: auto as a number; the spec saved for --resume keeps `auto`
+    warnings = check_search(resolved, run.address)  # before anything is written or Ray starts
     out_dir.mkdir(parents=True, exist_ok=True)
     if not run.resume:
         save_spec(spec, out_dir)
         if "://" in experiment_path:  # so that a driver on another machine can resume it
             upload_outputs(out_dir, experiment_path, (SPEC_FILE,))
+    spec = resolved
 
     wandb_mode = check_online_or_fallback(resolve_wandb_mode(run.wandb))
     wandb_dir = out_dir  # wandb writes its runs into <dir>/wandb/
@@ -221,7 +241,7 @@ def run_search(spec: SearchSpec, name: str, storage_path: str, out_dir: Path, ru
     callbacks = search_callbacks(spec, name, out_dir, wandb_mode, run.wandb_project, cfg.epochs)
     budget = f", time budget {format_duration(spec.search.time_budget)}" if spec.search.time_budget else ""
     console.print(
-        f"[bold]search[/] {name}: {spec.search.num_samples} trials of {cfg.epochs} epochs on {cfg.data} "
+        f"[bold]search[/] {name}: {spec.search.num_samples} trials of {spec.describe_epochs()} on {cfg.data} "
         f"({cfg.size} px), {spec.search.max_concurrent} at a time{budget}; space: {', '.join(spec.space)}; "
         f"W&B {wandb_mode}\n  results: {experiment_path}\n  Ray's own log: {out_dir / RAY_LOG}"
     )

@@ -57,9 +57,13 @@ def format_duration(seconds: float) -> str:
 # Trainer parameters a space may not hold, and why.
 UNSEARCHABLE = {
     "epochs": "epochs cannot be searched: ASHA's rungs and the end reasons use one fixed number; set train.epochs "
-    "(ASHA already gives weak trials fewer epochs)",
+    "to a number or to auto (ASHA already gives weak trials fewer epochs)",
 }
 SPEC_FILE = "spec.yaml"  # the spec of a search, in its experiment folder
+AUTO_EPOCHS = "auto"  # train.epochs: enough epochs to see search.min_train_images training pairs
+# The paper's settings (Isola et al. 2017), which TrainConfig's defaults hold: every search runs them
+# first (orchestrator.references), so a space must include them.
+PAPER_PARAMETERS = ("lambda_l1", "dropout", "lr_G", "lr_D", "beta1")
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 
 
@@ -89,10 +93,21 @@ class SearchSettings:
     keep_full_state: bool = opt(
         False, "keep ended trials' full checkpoints (discriminator and optimizers too; 3-4x the disk)"
     )
+    min_train_images: int = opt(
+        6144,
+        "with train.epochs: auto, each trial gets the fewest epochs in which it sees this many training pairs "
+        "(never fewer than grace_period): 8 epochs of default.yaml's 768 glyphs, as many steps on any set",
+    )
+    l1_reference: bool = opt(
+        True,
+        "after the paper's settings, run them once without the discriminator (gan_weight 0): the L1-only "
+        "reference, never exported; turn off where the search varies or fixes gan_weight itself",
+    )
 
     def __post_init__(self) -> None:
         for name in (
             "num_samples", "max_concurrent", "grace_period", "reduction_factor", "image_every", "keep_generators",
+            "min_train_images",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise UserError(f"search.{name} must be >= 1 (got {getattr(self, name)})")
@@ -130,6 +145,13 @@ class Param:
             return value in self.choices
         return self.low <= value <= self.high
 
+    def nearest(self, value: Any) -> Any:
+        """`value` where the space holds it, else the closest value it does (the first choice)."""
+        if self.type == "categorical":
+            return value if value in self.choices else self.choices[0]
+        clipped = min(max(value, self.low), self.high)
+        return int(clipped) if self.type == "int" else float(clipped)
+
     def describe(self) -> dict[str, Any]:
         if self.type == "categorical":
             return {"type": self.type, "choices": list(self.choices)}
@@ -139,14 +161,39 @@ class Param:
 @dataclass(frozen=True)
 class SearchSpec:
     source: str
-    train: dict[str, Any]
+    train: dict[str, Any]  # train.epochs may be AUTO until `with_epochs_for` resolves it
     search: SearchSettings
     space: dict[str, Param] = field(default_factory=dict)
+    auto_train_images: int | None = None  # epochs was auto and was resolved for this many training pairs
+
+    @property
+    def epochs_auto(self) -> bool:
+        """train.epochs is auto and not resolved yet."""
+        return self.train.get("epochs") == AUTO_EPOCHS
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         return {name: p.distribution() for name, p in self.space.items()}
 
+    def paper_point(self) -> dict[str, Any]:
+        """The first trial: every searched parameter at TrainConfig's default, the paper's setting (load_spec
+        checks that the space includes those of PAPER_PARAMETERS; any other takes the nearest value its
+        space allows)."""
+        defaults = TrainConfig()
+        return {name: p.nearest(getattr(defaults, name)) for name, p in self.space.items()}
+
+    @property
+    def runs_l1_reference(self) -> bool:
+        """search.l1_reference, where the search does not vary or fix gan_weight itself."""
+        fixed_gan = self.train.get("gan_weight", TrainConfig().gan_weight)
+        return self.search.l1_reference and "gan_weight" not in self.space and fixed_gan > 0
+
+    def fixed_settings(self) -> dict[str, Any]:
+        """The fixed trainer settings, less an unresolved `epochs: auto` (it needs the data to become a number)."""
+        return {k: v for k, v in self.train.items() if not (k == "epochs" and v == AUTO_EPOCHS)}
+
     def trial_config(self, params: dict[str, Any]) -> TrainConfig:
+        if self.epochs_auto:
+            raise RuntimeError(f"{self.source}: train.epochs is auto; resolve it (with_epochs_for) before trials")
         return TrainConfig.from_dict({**self.train, **params}, source=self.source)
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +214,33 @@ class SearchSpec:
             if mine[section].get(key) != theirs[section].get(key)
         ]
 
+    def with_epochs_for(self, train_images: int) -> SearchSpec:
+        """`epochs: auto` made a number for a training split of `train_images` pairs: the fewest epochs
+        that show a trial search.min_train_images pairs, and at least grace_period."""
+        if not self.epochs_auto:
+            return self
+        cfg = TrainConfig.from_dict(self.fixed_settings(), source=self.source)
+        epochs = max(self.search.grace_period, cfg.epochs_to_see(self.search.min_train_images, train_images))
+        return dataclasses.replace(self, train={**self.train, "epochs": epochs}, auto_train_images=train_images)
+
+    def describe_epochs(self) -> str:
+        """How long a full trial is, and why, in a few words (the start line and the summary)."""
+        cfg = self.trial_config({})
+        if self.auto_train_images is None:
+            return f"{cfg.epochs} epochs"
+        per_epoch = cfg.steps_per_epoch(self.auto_train_images) * cfg.batch_size
+        return (
+            f"{cfg.epochs} epochs (auto: {per_epoch} of {self.auto_train_images} training pairs an epoch, "
+            f"at least {self.search.min_train_images} a trial and {self.search.grace_period} epochs)"
+        )
+
+    def check_fixed_settings(self) -> None:
+        """The fixed settings alone must form a valid config; epochs a number or auto."""
+        epochs = self.train.get("epochs")
+        if isinstance(epochs, str) and epochs != AUTO_EPOCHS:
+            raise UserError(f"{self.source}: train.epochs must be an integer or {AUTO_EPOCHS} (got {epochs!r})")
+        TrainConfig.from_dict(self.fixed_settings(), source=self.source)
+
     def with_overrides(self, train: dict[str, Any], search: dict[str, Any]) -> SearchSpec:
         """CLI flags win over the file; the result is validated like the file was."""
         train = {**self.train, **{k: v for k, v in train.items() if v is not None}}
@@ -177,7 +251,7 @@ class SearchSpec:
         spec = SearchSpec(
             self.source, train, _settings(self.source, {**dataclasses.asdict(self.search), **search_values}), self.space
         )
-        spec.trial_config({})  # validates the fixed settings together
+        spec.check_fixed_settings()
         return spec
 
 
@@ -212,11 +286,19 @@ def load_spec(path: Path) -> SearchSpec:
     if clash:
         raise UserError(f"{source}: {', '.join(clash)} appears in both train and space; fix it or search it, not both")
     spec = SearchSpec(source, train, _settings(source, search), space)
-    spec.trial_config({})  # fixed settings alone must form a valid config
+    spec.check_fixed_settings()
+    defaults = TrainConfig()
+    for name in (name for name in PAPER_PARAMETERS if name in space):
+        value = getattr(defaults, name)
+        if not space[name].contains(value):
+            raise UserError(
+                f"{source}: space.{name} excludes {value:g}, the paper's setting that every search runs first; "
+                "widen the range to include it"
+            )
     for p in space.values():  # every value the space can produce must be a valid trainer setting
         for probe in p.choices if p.type == "categorical" else (p.low, p.high):
             try:
-                TrainConfig.from_dict({**train, p.name: int(probe) if p.type == "int" else probe})
+                TrainConfig.from_dict({**spec.fixed_settings(), p.name: int(probe) if p.type == "int" else probe})
             except UserError as err:
                 raise UserError(f"{source}: space.{p.name} allows a value the trainer rejects ({err})") from None
     return spec

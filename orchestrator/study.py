@@ -37,6 +37,7 @@ from ray import tune
 
 from orchestrator.endings import TrialEndings
 from orchestrator.outcomes import Ending, EndReason, end_reason, error_line
+from orchestrator.references import is_l1_reference
 from orchestrator.results import saved_best
 from orchestrator.trainable import PANEL_FILE
 
@@ -132,7 +133,8 @@ class StudyWriter(tune.Callback):
         artifact_dir.mkdir(parents=True, exist_ok=True)
         store = optuna.artifacts.FileSystemArtifactStore(str(artifact_dir))
         # Tune calls on_trial_complete before it marks the trial TERMINATED: its status cannot tell.
-        ended = [t for t in trials if t.trial_id in self._ended]
+        # The L1-only reference is no point of the space: TPE never saw it, and it is never exported.
+        ended = [t for t in trials if t.trial_id in self._ended and not is_l1_reference(t.config, self.distributions)]
         snapshot = []
         for trial in sorted(ended, key=lambda t: self._started.get(t.trial_id, self._ended[t.trial_id])):
             if trial.trial_id not in self._artifacts and trial.trial_id in self._panels:

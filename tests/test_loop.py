@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoint import BEST, LAST, load_torch
+from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, load_torch
 from trainer.config import TrainConfig
+from trainer.ema import GeneratorEma
 from trainer.errors import TrainingDiverged
 from trainer.export import generator_from_checkpoint
 from trainer.loop import (
@@ -41,8 +42,9 @@ def test_training_on_glyphs_beats_the_identity_baseline(tiny_config: MakeConfig,
     assert results[-1].best_val_ssim > identity["val_ssim"] + GLYPH_MARGIN, (results[-1].best_val_ssim, identity)
 
 
-def test_resume_equals_uninterrupted(tiny_config: MakeConfig, tmp_path: Path) -> None:
-    cfg = tiny_config(epochs=2)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.999], ids=["plain", "ema"])
+def test_resume_equals_uninterrupted(tiny_config: MakeConfig, tmp_path: Path, ema_decay: float) -> None:
+    cfg = tiny_config(epochs=2, ema_decay=ema_decay)
     straight = list(train(cfg, tmp_path / "straight"))
 
     interrupted = train(cfg, tmp_path / "resumed")
@@ -52,7 +54,9 @@ def test_resume_equals_uninterrupted(tiny_config: MakeConfig, tmp_path: Path) ->
 
     assert [r.epoch for r in resumed] == [2]
     one, two = load_torch(tmp_path / "straight" / LAST), load_torch(tmp_path / "resumed" / LAST)
-    for net in ("G", "D"):
+    nets = ("G", "D", "G_ema") if ema_decay else ("G", "D")
+    assert (one["G_ema"] is None) == (ema_decay == 0)
+    for net in nets:
         assert one[net].keys() == two[net].keys()
         for name, tensor in one[net].items():
             assert torch.equal(tensor, two[net][name]), f"{net}.{name} differs after resuming"
@@ -85,6 +89,41 @@ def test_val_metrics_are_fp32_even_when_training_in_bf16(tiny_config: MakeConfig
     best = next(r for r in results if r.epoch == results[-1].best_epoch)
     rescored = evaluate(G, load_run_data(cfg, tmp_path).splits["val"], cfg.val_batch_size, prefix="val")
     assert rescored == pytest.approx(best.val, abs=1e-6)
+
+
+def test_with_ema_validation_scores_the_average_and_exports_it(tiny_config: MakeConfig, tmp_path: Path) -> None:
+    cfg = tiny_config(epochs=2, ema_decay=0.99)
+    results = list(train(cfg, tmp_path))
+    last, kept = load_torch(tmp_path / LAST), load_torch(tmp_path / BEST_GENERATOR)
+    assert "G" not in kept and set(kept["G_ema"]) == set(last["G"]), "best_generator.pt holds the EMA alone"
+    differs = [
+        name for name, w in last["G_ema"].items() if w.is_floating_point() and not torch.equal(w, last["G"][name])
+    ]
+    assert differs, "the average is not the raw generator"
+    G = generator_from_checkpoint(kept)
+    best = next(r for r in results if r.epoch == results[-1].best_epoch)
+    rescored = evaluate(G, load_run_data(cfg, tmp_path).splits["val"], cfg.val_batch_size, prefix="val")
+    assert rescored == pytest.approx(best.val, abs=1e-6)
+
+
+@pytest.mark.fast
+def test_ema_averages_parameters_and_copies_buffers() -> None:
+    G = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = GeneratorEma(G, decay=0.5)
+    start = [p.detach().clone() for p in G.parameters()]
+    expected = [p.clone() for p in start]
+    for step in range(3):
+        with torch.no_grad():
+            for p in G.parameters():
+                p.add_(1.0)
+        G(torch.randn(4, 2))  # moves BatchNorm's running statistics
+        decay = min(0.5, (1 + step) / (10 + step))
+        expected = [decay * e + (1 - decay) * (s + step + 1) for e, s in zip(expected, start)]
+        ema.update(G)
+    for got, want in zip(ema.module.parameters(), expected):
+        assert torch.allclose(got, want)
+    for got, want in zip(ema.module.buffers(), G.buffers()):
+        assert torch.equal(got, want)
 
 
 def test_l1_only_trains_without_a_discriminator(tiny_config: MakeConfig, tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from search_cli import ROOT, TINY, search_command, search_env
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from orchestrator import search
-from orchestrator.spec import load_spec, parse_duration, save_spec
+from orchestrator.runner import resolve_epochs
+from orchestrator.spec import DEFAULT_SPEC, load_spec, parse_duration, save_spec
 from trainer.checkpoint import BEST_GENERATOR, LAST, load_torch
 from trainer.data import load_paired_data
 from trainer.export import CARD, ONNX, SAMPLES, WEIGHTS, load_generator
@@ -83,7 +84,8 @@ def test_ended_trials_keep_only_the_best_generators(finished_search: Path) -> No
 def test_optuna_study_agrees_with_the_export_and_the_trials(finished_search: Path) -> None:
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{finished_search / 'optuna.db'}")
     summary = json.loads((finished_search / "summary.json").read_text())
-    trials = {t["trial_id"]: t for t in summary["trials"]}
+    l1_only = summary["references"]["l1_only"]["trial_id"]  # no point of the space: not in the study
+    trials = {t["trial_id"]: t for t in summary["trials"] if t["trial_id"] != l1_only}
     assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(trials)
     card = json.loads((finished_search / "best" / CARD).read_text())
     assert study.best_trial.user_attrs["trial_id"] == card["trial_id"]
@@ -105,7 +107,8 @@ def test_optuna_study_agrees_with_the_export_and_the_trials(finished_search: Pat
 
 def test_export_is_the_best_epoch_of_the_best_trial(finished_search: Path) -> None:
     summary = json.loads((finished_search / "summary.json").read_text())
-    best_trial = max(summary["trials"], key=lambda t: t["best_val_ssim"])
+    l1_only = summary["references"]["l1_only"]["trial_id"]  # a reference, never exported
+    best_trial = max((t for t in summary["trials"] if t["trial_id"] != l1_only), key=lambda t: t["best_val_ssim"])
     card = json.loads((finished_search / "best" / CARD).read_text())
     assert card["trial_id"] == best_trial["trial_id"]
     assert card["epoch"] == best_trial["best_epoch"]
@@ -115,6 +118,27 @@ def test_export_is_the_best_epoch_of_the_best_trial(finished_search: Path) -> No
     assert {"torch", "ray", "optuna"} <= set(card["versions"])
     assert (finished_search / "best" / SAMPLES).stat().st_size > 0
     assert (finished_search / "report.html").is_file()
+
+
+def test_the_search_runs_the_papers_settings_first_then_without_the_discriminator(finished_search: Path) -> None:
+    summary = json.loads((finished_search / "summary.json").read_text())
+    paper = {"lambda_l1": 100.0, "dropout": 0.5, "lr_G": 2e-4, "lr_D": 2e-4}  # Isola et al. 2017
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{finished_search / 'optuna.db'}")
+    assert study.trials[0].params == paper  # Optuna's first trial, enqueued
+    references = summary["references"]
+    trials = {t["trial_id"]: t for t in summary["trials"]}
+    assert trials[references["paper"]["trial_id"]]["params"] == paper == references["paper"]["params"]
+    l1_only = trials[references["l1_only"]["trial_id"]]
+    assert l1_only["params"] == {**paper, "gan_weight": 0.0}
+    assert all("G_GAN" not in row and row["G_L1"] is not None for row in l1_only["history"]), "it trained without D"
+    for reference in references.values():
+        trial = trials[reference["trial_id"]]
+        assert reference["val"]["val_ssim"] == pytest.approx(trial["best_val_ssim"])
+    card = json.loads((finished_search / "best" / CARD).read_text())
+    assert card["references"] == references
+    body = (finished_search / "best" / "README.md").read_text()
+    assert "L1 only (paper's settings, no discriminator)" in body
+    assert f"{references['l1_only']['val']['val_ssim']:.4f}" in body
 
 
 def test_readme_model_card_holds_the_numbers_of_model_card_json(finished_search: Path) -> None:
@@ -132,6 +156,14 @@ def test_readme_model_card_holds_the_numbers_of_model_card_json(finished_search:
         assert section in body
     assert card["data"]["split_hash"] in body and "trainer.predict" in body and "onnxruntime" in body
     assert f"{card['identity_test']['test_ssim']:.4f}" in body  # the baseline beside the model
+    # 128 px glyph files, a 32 px model: the card also scores the images at their own size
+    assert card["test_native_sizes"] == [[128, 128]]
+    for key in ("test_native", "identity_test_native"):
+        assert f"{card[key]['test_ssim']:.4f}" in body
+    summary = json.loads((finished_search / "summary.json").read_text())
+    assert summary["best"]["test_native"] == card["test_native"]
+    beaten = card["test_native"]["test_ssim"] > card["identity_test_native"]["test_ssim"]
+    assert (summary["best"]["native_note"] is None) == beaten
     assert json.loads((best / "config.json").read_text())["train_config"] == card["train_config"]
 
 
@@ -180,8 +212,8 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(ray_sess
             "lambda_l1: {type: float, low: 10.0, high: 500.0, log: true}",
             "lambda_l1: {type: categorical, choices: [1.0e+39, 100.0]}",  # 1e39 * L1 overflows float32
         )
-        .replace("num_samples: 4", "num_samples: 3")
-        .replace("startup_trials: 2", "startup_trials: 3")
+        .replace("startup_trials: 2", "startup_trials: 4")  # the paper's lambda 100 first, then 3 random draws
+        .replace("seed: 0", "seed: 0\n  l1_reference: false")
     )
     spec.write_text(text)
     code = search.main(
@@ -189,7 +221,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(ray_sess
     )
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
     statuses = {t["params"]["lambda_l1"]: t["status"] for t in summary["trials"]}
-    assert len(summary["trials"]) == 3
+    assert len(summary["trials"]) == 4 and summary["references"].keys() == {"paper"}
     failed = [t for t in summary["trials"] if t["status"] == "failed"]
     assert failed and all(t["params"]["lambda_l1"] == 1e39 for t in failed), statuses
     assert all("NaN or infinite" in t["reason"] for t in failed)
@@ -245,8 +277,10 @@ def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path
     after = result_lines(experiment)
     for trial, n in finished_before.items():
         assert after[trial] == n, f"finished trial {trial} was run again"
+    # The reference searcher's state came back too: one L1-only reference, and it is not in the study.
+    (l1_only,) = [t["trial_id"] for t in summary["trials"] if "gan_weight" in t["params"]]
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}")
-    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(ids)
+    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(i for i in ids if i != l1_only)
 
 
 def test_ctrl_c_stops_cleanly_and_the_printed_command_finishes_the_search(tmp_path: Path) -> None:
@@ -313,8 +347,11 @@ def test_resume_refuses_a_change_that_shapes_the_trials(tmp_path: Path, capsys, 
 def test_time_budget_ends_running_trials_and_the_best_so_far_is_exported(ray_session, tmp_path: Path) -> None:
     # Trials of 500 epochs that neither ASHA nor the plateau rule may stop: only the budget ends them.
     flags = ["--epochs", "500", "--num-samples", "2", "--grace-period", "500", "--stop-patience", "0"]
+    spec = tmp_path / "candidates_only.yaml"  # both trials candidates for the export, no L1-only reference
+    spec.write_text(TINY.read_text().replace("seed: 0", "seed: 0\n  l1_reference: false"))
     started = time.time()
-    assert run_search(tmp_path, "--name", "budget", *flags, "--time-budget", "25s") == 0
+    command = ["--config", str(spec), "--storage-path", str(tmp_path), "--wandb", "off", "--name", "budget", *flags]
+    assert search.main([*command, "--time-budget", "25s"]) == 0
     wall = time.time() - started
     experiment = tmp_path / "budget"
     summary = json.loads((experiment / "summary.json").read_text())
@@ -340,6 +377,37 @@ def test_resume_without_name_picks_the_latest_search_of_this_spec_only(tmp_path:
     assert search.experiment_name(args, str(tmp_path)) == "tiny-20261125-101500"
 
 
+def test_a_search_with_epochs_auto_runs_and_ends_trials_on_the_resolved_number(ray_session, tmp_path: Path) -> None:
+    spec = yaml.safe_load(TINY.read_text())
+    spec["train"]["epochs"] = "auto"  # 128 training glyphs an epoch: 256 images take 2 epochs
+    spec["search"].update(num_samples=2, min_train_images=256, stop_patience=0)
+    config = tmp_path / "auto.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    assert search.main(["--config", str(config), "--storage-path", str(tmp_path), "--wandb", "off", "--name", "a"]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["epochs_note"].startswith("2 epochs (auto: 128 of 128 training pairs")
+    assert summary["fixed"]["epochs"] == 2
+    for trial in summary["trials"]:  # ASHA's max_t is 2: a trial that ran 2 epochs finished, none ran more
+        assert trial["epochs"] <= 2 and (trial["status"] == "finished") == (trial["epochs"] == 2), trial
+
+
+@pytest.mark.fast
+def test_epochs_auto_gives_each_trial_min_train_images_and_at_least_the_grace_period() -> None:
+    spec = load_spec(DEFAULT_SPEC)  # glyphs: max_train_images 768, batch 16, min_train_images 6144
+    assert spec.epochs_auto and spec.search.min_train_images == 6144
+    with pytest.raises(RuntimeError, match="auto"):
+        spec.trial_config({})  # no trial may start on an unresolved number
+    resolved = resolve_epochs(spec)  # loads the glyph training split as a trial does
+    assert resolved.trial_config({}).epochs == 8 and resolved.auto_train_images == 768  # as long as before auto
+    assert resolved.describe_epochs().startswith("8 epochs (auto: 768 of 768 training pairs an epoch")
+    # 235 pairs: 14 steps of 16 = 224 pairs an epoch, 6144 / 224 = 27.4 -> 28 epochs (3.5x the steps of 8 epochs)
+    assert spec.with_epochs_for(235).trial_config({}).epochs == 28
+    assert spec.with_epochs_for(100_000).trial_config({}).epochs == spec.search.grace_period
+    explicit = spec.with_overrides({"epochs": 5}, {})
+    assert not explicit.epochs_auto and resolve_epochs(explicit) == explicit
+    assert explicit.trial_config({}).epochs == 5 and explicit.describe_epochs() == "5 epochs"
+
+
 @pytest.mark.fast
 def test_time_budget_reads_durations() -> None:
     assert [parse_duration(v, "x") for v in (600, "90s", "10m", "1.5h", "0")] == [600, 90, 600, 5400, 0]
@@ -361,6 +429,9 @@ def test_time_budget_reads_durations() -> None:
         ("space:\n  epochs: {type: int, low: 2, high: 8}\n", "space.epochs: epochs cannot be searched"),
         ("train:\n  size: 48\n", "size must be a power of 2"),
         ("train:\n  epochs: 2.5\n", "epochs must be an integer"),
+        ("train:\n  epochs: automatic\n", "train.epochs must be an integer or auto"),
+        ("search:\n  min_train_images: 0\n", "search.min_train_images must be >= 1"),
+        ("space:\n  lr_D: {type: float, low: 3.0e-4, high: 1.0e-3}\n", "space.lr_D excludes 0.0002, the paper's"),
         ("spaces: {}\n", "unknown section(s) spaces"),
         ("space: [\n", "not valid YAML"),
         ("train:\n  dropout: 0.1\nspace:\n  dropout: {type: float, low: 0, high: 0.5}\n", "in both train and space"),

@@ -21,6 +21,7 @@ import torch
 from conftest import PairedFolder
 from safetensors import safe_open
 from safetensors.torch import save_file
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from trainer import evaluate as evaluate_cli
 from trainer import predict as predict_cli
@@ -28,7 +29,7 @@ from trainer import train as train_cli
 from trainer.checkpoint import BEST, LAST, load_torch, save_torch
 from trainer.config import GeneratorConfig, TrainConfig
 from trainer.data import png_bytes
-from trainer.export import export_generator, load_generator
+from trainer.export import export_generator, generator_from_checkpoint, load_generator
 from trainer.memory import available_bytes, generator_bytes
 from trainer.models import UNetGenerator, init_weights
 
@@ -179,7 +180,7 @@ def test_evaluate_prints_the_table_and_writes_the_grid(tiny_run: tuple[Path, str
     run_dir, _ = tiny_run
     result = run_cli("trainer.evaluate", "--checkpoint", run_dir / BEST, "--split", "test", cwd=run_dir)
     assert result.returncode == 0, result.stderr
-    for text in ("on test", "SSIM", "PSNR", "MAE", "identity (output = input)"):
+    for text in ("on test", "SSIM", "PSNR", "MAE", "identity (output = input)", "at the images' own size (128x128"):
         assert text in result.stdout
     grid = iio.imread(run_dir / "test_samples.png")
     assert grid.shape == (8 * 32 + 7 * 2, 3 * 32 + 2 * 2, 3)  # 8 rows of input | output | target
@@ -193,6 +194,41 @@ def test_evaluate_checkpoint_uses_the_runs_split(tiny_run: tuple[Path, str]) -> 
     assert result.metrics["val_ssim"] == pytest.approx(history[result.epoch - 1]["val_ssim"], abs=1e-6)
     assert result.baseline is not None and set(result.baseline) == {"val_ssim", "val_psnr", "val_mae"}
     assert [t.shape for t in result.samples] == [(8, 1, 32, 32)] * 3
+
+
+def test_native_size_metrics_equal_skimage_on_the_images_predict_writes(
+    tiny_run: tuple[Path, str], glyphs_root: Path, tmp_path: Path
+) -> None:
+    """Glyphs are 128 px files and the model works at 32 px: the native scores are those of
+    trainer.predict's PNGs against the target files, computed here with scikit-image alone
+    (7x7 window, K1 0.01, K2 0.03, sample covariance, data range 2 on [-1, 1]; trainer.metrics)."""
+    run_dir, _ = tiny_run
+    result = evaluate_cli.evaluate_checkpoint(run_dir / BEST, split="test", device="cpu")
+    assert result.native is not None and result.native.sizes == [(128, 128)]
+    G = generator_from_checkpoint(load_torch(run_dir / BEST))
+    weights = tmp_path / "generator.pt"
+    torch.save({"generator_config": dataclasses.asdict(G.cfg), "state_dict": G.state_dict()}, weights)
+    inputs, targets = glyphs_root / "test" / "A", glyphs_root / "test" / "B"
+    predict_cli.translate_folder(weights, inputs, tmp_path / "out", device="cpu")
+
+    def unit(path: Path) -> np.ndarray:
+        return iio.imread(path).astype(np.float64) / 255 * 2 - 1
+
+    scores: dict[str, list[tuple[float, float, float]]] = {"model": [], "identity": []}
+    for path in sorted(inputs.iterdir()):
+        target = unit(targets / path.name)
+        for kind, output in (("model", unit(tmp_path / "out" / f"{path.stem}.png")), ("identity", unit(path))):
+            ssim = structural_similarity(target, output, data_range=2.0)
+            scores[kind].append(
+                (ssim, peak_signal_noise_ratio(target, output, data_range=2.0), np.abs(target - output).mean())
+            )
+    assert len(scores["model"]) == result.pairs
+    for kind, metrics in (("model", result.native.metrics), ("identity", result.native.baseline)):
+        ssim, psnr, mae = np.mean(scores[kind], axis=0)
+        assert metrics["test_ssim"] == pytest.approx(ssim, abs=1e-3), kind
+        assert metrics["test_psnr"] == pytest.approx(psnr, abs=1e-3), kind
+        assert metrics["test_mae"] == pytest.approx(mae, abs=1e-3), kind
+    assert result.native.metrics != pytest.approx(result.metrics, abs=1e-3)  # not the 32 px scores again
 
 
 def test_evaluate_refuses_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

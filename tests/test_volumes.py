@@ -432,4 +432,4 @@ def test_the_phantom_set_loads_split_by_subject_and_its_spec_searches_it() -> No
     data = load_paired_data(cfg.data, 32, options=ReadOptions.of(cfg))  # built once into the session's cache
     assert sum(len(names) for names in data.split_names.values()) == PHANTOM_SUBJECTS
     assert {s: len(data.split_names[s]) for s in SPLITS} == {"train": 14, "val": 3, "test": 3}
-    assert all(pair.mask is not None for pairs in data.subjects.values() for pair in pairs)
+    assert all(pair.mask is not None for pairs in data.files.values() for pair in pairs)

@@ -25,15 +25,23 @@ LAST = "last.pt"
 BEST = "best.pt"
 BEST_GENERATOR = "best_generator.pt"  # the best epoch without D and optimizer state: what export and evaluation need
 GENERATOR_ONLY_KEYS = (
-    "config", "generator_config", "epoch", "G", "history", "best_val_ssim", "best_epoch", "split_hash", "data_source",
+    "config", "generator_config", "epoch", "history", "best_val_ssim", "best_epoch", "split_hash", "data_source",
     "intensity",
 )  # fmt: skip
 
 
+def scored_generator_key(state: dict[str, Any]) -> str:
+    """The generator weights of a checkpoint that validation scored and export ships: "G_ema" (the
+    moving average, trainer.ema) when the run kept one, else "G"."""
+    return "G_ema" if state.get("G_ema") is not None else "G"
+
+
 def generator_only(state: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint reduced to the generator: a quarter of the bytes of a full one or less (no D, no
-    Adam moments), still readable by everything that only evaluates or exports."""
-    return {k: state[k] for k in GENERATOR_ONLY_KEYS}
+    """A checkpoint reduced to the scored generator: a quarter of the bytes of a full one or less (no
+    D, no Adam moments, no raw G beside its EMA), still readable by everything that only evaluates or
+    exports."""
+    key = scored_generator_key(state)
+    return {**{k: state[k] for k in GENERATOR_ONLY_KEYS}, key: state[key]}
 
 
 def temp_dir_beside(final: Path) -> Path:

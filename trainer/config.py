@@ -7,6 +7,7 @@ The field names are the project's vocabulary: the same spelling (`lambda_l1`, `d
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_type_hints
@@ -121,6 +122,11 @@ class TrainConfig:
     )
     lr_decay_start: float = opt(0.5, "linear policy: fraction of epochs at constant lr before the decay")
     plateau_patience: int = opt(3, "plateau policy: epochs without val SSIM gain before halving the lr")
+    ema_decay: float = opt(
+        0.0,
+        "keep an exponential moving average of G's weights with this decay (e.g. 0.999; 0 = off); when on, "
+        "validation scores it and export ships it (trainer.ema)",
+    )
 
     # execution: each speed switch is its own knob so `trainer.bench` can measure each gain
     seed: int = opt(0, "seed of weights, dropout, shuffling and augmentation")
@@ -156,6 +162,7 @@ class TrainConfig:
             _check(0 < getattr(self, name) < 1, name, f"must be in (0, 1) (got {getattr(self, name)})")
         for name in ("beta1", "beta2"):
             _check(0 <= getattr(self, name) < 1, name, f"must be in [0, 1) (got {getattr(self, name)})")
+        _check(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1) (got {self.ema_decay}); 0 turns the EMA off")
         _check(0 <= self.lr_decay_start <= 1, "lr_decay_start", "must be a fraction in [0, 1]")
         _check(
             0 <= self.min_foreground <= 1, "min_foreground", f"must be a fraction in [0, 1] (got {self.min_foreground})"
@@ -207,6 +214,18 @@ class TrainConfig:
     @property
     def uses_gan(self) -> bool:
         return self.gan_weight > 0
+
+    @property
+    def uses_ema(self) -> bool:
+        return self.ema_decay > 0
+
+    def steps_per_epoch(self, train_images: int) -> int:
+        """Training steps in one epoch: the last partial batch is dropped (BatchNorm needs batches)."""
+        return max(1, train_images // self.batch_size)
+
+    def epochs_to_see(self, images: int, train_images: int) -> int:
+        """The fewest epochs in which training on `train_images` pairs sees at least `images` of them."""
+        return max(1, math.ceil(images / (self.steps_per_epoch(train_images) * self.batch_size)))
 
     def generator_config(self, in_channels: int, out_channels: int) -> GeneratorConfig:
         return GeneratorConfig(in_channels, out_channels, self.size, self.ngf, self.dropout)

@@ -42,6 +42,7 @@ from trainer.checkpoint import (
     load_torch,
     nearest_existing,
     save_torch,
+    scored_generator_key,
     temp_dir_beside,
     use_default_permissions,
     write_atomic_bytes,
@@ -241,8 +242,9 @@ def export_onnx(G: UNetGenerator, path: Path, example: torch.Tensor, metadata: d
 
 
 def generator_from_checkpoint(state: dict[str, Any], source: Path | str = "checkpoint") -> UNetGenerator:
-    """The generator of a training checkpoint (last.pt / best.pt contents), in eval mode on the CPU."""
-    gcfg, weights = checkpoint_entries(state, source, "generator_config", "G")
+    """The generator of a training checkpoint (last.pt / best.pt contents), in eval mode on the CPU:
+    the weights validation scored (the EMA when the run kept one)."""
+    gcfg, weights = checkpoint_entries(state, source, "generator_config", scored_generator_key(state))
     return checked_generator(gcfg, weights, source)
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, copy_atomic, generator_only, load_torch, save_torch
 from trainer.config import GeneratorConfig, TrainConfig
 from trainer.data import PairedData, PairedImages, ReadOptions, augment, load_paired_data
+from trainer.ema import GeneratorEma
 from trainer.errors import TrainingDiverged, UserError
 from trainer.metrics import per_image_metrics
 from trainer.models import PatchDiscriminator, UNetGenerator, init_weights
@@ -45,7 +46,7 @@ class EpochResult:
     best_epoch: int
     seconds: float
     images_per_s: float
-    generator: nn.Module = dataclasses.field(repr=False)  # the live model, e.g. for sample images
+    generator: nn.Module = dataclasses.field(repr=False)  # the live scored model (the EMA when on), e.g. for samples
 
     @property
     def is_best(self) -> bool:
@@ -389,7 +390,7 @@ def train(
         data = load_run_data(cfg, run_dir)
     train_set = data.splits["train"].to(device)
     val_set = data.splits["val"]
-    steps_per_epoch = max(1, len(train_set) // cfg.batch_size)  # drop the last partial batch: BN needs batches
+    steps_per_epoch = cfg.steps_per_epoch(len(train_set))
 
     # --- models, optimizers, schedulers ---
     gcfg = cfg.generator_config(data.in_channels, data.out_channels)
@@ -404,6 +405,8 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     compiled = use_compile(cfg, device, total_steps=cfg.epochs * steps_per_epoch)
     train_step = TrainStep(cfg, G, D, opt_G, opt_D, scaler, amp_dtype, compiled)
+    ema = GeneratorEma(G, cfg.ema_decay) if cfg.uses_ema else None
+    scored = ema.module if ema is not None else G  # what validation scores, best.pt is chosen by, export ships
 
     history: list[dict[str, float | int]] = []
     best_val_ssim, best_epoch, start_epoch = -math.inf, 0, 0
@@ -421,6 +424,8 @@ def train(
         restore_rng(state["rng"], data_rng)
         history = state["history"]
         best_val_ssim, best_epoch, start_epoch = state["best_val_ssim"], state["best_epoch"], state["epoch"]
+        if ema is not None:  # one update per step, every epoch the same number of steps
+            ema.load_state_dict(state["G_ema"], updates=start_epoch * steps_per_epoch)
 
     for epoch in range(start_epoch, cfg.epochs):
         G.train()
@@ -431,6 +436,8 @@ def train(
         for step in range(steps_per_epoch):
             a, b = training_batch(train_set, order[step * cfg.batch_size : (step + 1) * cfg.batch_size], cfg, data_rng)
             sums += train_step(a, b)
+            if ema is not None:
+                ema.update(G)
             last_step = step == steps_per_epoch - 1
             if (step + 1) % cfg.log_every == 0 or last_step:
                 if not torch.isfinite(sums).all():
@@ -444,7 +451,7 @@ def train(
             losses = {"G_L1": losses["G_L1"]}
         # In fp32 whatever the training precision: val SSIM picks the best checkpoint, drives early
         # stopping and reappears in the model card, scored again there.
-        val = evaluate(G, val_set, cfg.val_batch_size, prefix="val")
+        val = evaluate(scored, val_set, cfg.val_batch_size, prefix="val")
         lr_G, lr_D = opt_G.param_groups[0]["lr"], (opt_D.param_groups[0]["lr"] if opt_D else cfg.lr_D)
         step_scheduler(sched_G, val["val_ssim"])
         if sched_D is not None:
@@ -462,7 +469,7 @@ def train(
             best_epoch=best_epoch,
             seconds=seconds,
             images_per_s=steps_per_epoch * cfg.batch_size / train_seconds,  # training throughput, not validation
-            generator=G,
+            generator=scored,
         )
         history.append(result.metrics())
 
@@ -471,6 +478,7 @@ def train(
             "generator_config": dataclasses.asdict(gcfg),
             "epoch": epoch + 1,
             "G": G.state_dict(),
+            "G_ema": ema.state_dict() if ema is not None else None,
             "D": D.state_dict() if D is not None else None,
             "opt_G": opt_G.state_dict(),
             "opt_D": opt_D.state_dict() if opt_D is not None else None,

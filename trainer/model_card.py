@@ -97,12 +97,37 @@ def metrics_section(card: dict[str, Any]) -> list[str]:
     rows = [[f"test, model ({card.get('test_images', '?')} images)", *values(test, "test")]]
     if identity:
         rows.append(["test, identity baseline (output = input)", *values(identity, "test")])
+    native, native_identity = card.get("test_native"), card.get("identity_test_native")
+    if native:
+        sizes = native_sizes(card)
+        rows.append([f"test at the images' own size ({sizes}), model", *values(native, "test")])
+        if native_identity:
+            rows.append(
+                [f"test at the images' own size ({sizes}), identity baseline", *values(native_identity, "test")]
+            )
     if val:
         rows.append(["validation, model", *values(val, "val")])
+    for reference in (card.get("references") or {}).values():  # the search's reference trials (orchestrator)
+        if reference.get("val"):
+            label = f"validation, {reference['label']} (trial `{reference['trial_id']}`, best epoch)"
+            rows.append([label, *values(reference["val"], "val")])
     out += table(header, rows)
+    if native:
+        out += ["", "At the images' own size the outputs are scored as `trainer.predict` writes them: resized back "
+                "from the model's size to each target's size, at the input's bit depth."]  # fmt: skip
     if card.get("metrics_note"):
         out += ["", card["metrics_note"] + "."]
     return out
+
+
+def describe_sizes(sizes: list[tuple[int, int]] | list[list[int]]) -> str:
+    """(height, width) pairs as "128x128 px", the first three of them."""
+    shown = ", ".join(f"{w}x{h}" for h, w in sizes[:3])
+    return shown + (f" and {len(sizes) - 3} more" if len(sizes) > 3 else "") + " px"
+
+
+def native_sizes(card: dict[str, Any]) -> str:
+    return describe_sizes(card.get("test_native_sizes") or [])
 
 
 def values(metrics: dict[str, Any], prefix: str) -> list[str]:
@@ -159,11 +184,14 @@ def limitations_section(card: dict[str, Any], config: dict[str, Any]) -> list[st
         "measurement or diagnosis without checking them against real targets.",
         "- The metrics are means over one test split; they say nothing about the worst image.",
     ]
-    test, identity = card.get("test") or {}, card.get("identity_test") or {}
-    if test.get("test_ssim") is not None and identity.get("test_ssim") is not None:
-        gain = test["test_ssim"] - identity["test_ssim"]
-        verdict = "beats" if gain > 0 else "does NOT beat"
-        out.append(f"- On test SSIM the model {verdict} the identity baseline (output = input) by {gain:+.4f}.")
+    for key, where in (("test", ""), ("test_native", f" at the images' own size ({native_sizes(card)})")):
+        test, identity = card.get(key) or {}, card.get(f"identity_{key}") or {}
+        if test.get("test_ssim") is not None and identity.get("test_ssim") is not None:
+            gain = test["test_ssim"] - identity["test_ssim"]
+            verdict = "beats" if gain > 0 else "does NOT beat"
+            out.append(
+                f"- On test SSIM{where} the model {verdict} the identity baseline (output = input) by {gain:+.4f}."
+            )
     return out
 
 

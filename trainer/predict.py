@@ -149,16 +149,24 @@ def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     return (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
+def to_unit(
+    image: np.ndarray, max_value: int, channels: int, mapping: IntensityMap | None, height: int, width: int
+) -> torch.Tensor:
+    """(H, W, C) integers -> (1, channels, height, width) in [-1, 1], resized before the mapping as
+    training resized its images. Also how trainer.evaluate reads targets and outputs at their own size."""
+    if mapping is not None and mapping.mode != "dtype":  # the mapping training fitted, on the file's own values
+        x = match_channels(torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None], channels)
+        return mapping.to_unit(resize(x, height, width))
+    x = torch.from_numpy(image.astype(np.float32) / max_value).permute(2, 0, 1)[None]
+    x = match_channels(x, channels)
+    return resize(x, height, width).clamp(0, 1) * 2 - 1
+
+
 def to_model_input(
     image: np.ndarray, max_value: int, G: UNetGenerator, in_map: IntensityMap | None = None
 ) -> torch.Tensor:
     """(H, W, C) integers -> (1, in_channels, size, size) in [-1, 1]."""
-    if in_map is not None and in_map.mode != "dtype":  # the mapping training fitted, on the file's own values
-        x = match_channels(torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None], G.cfg.in_channels)
-        return in_map.to_unit(resize(x, G.cfg.size, G.cfg.size))
-    x = torch.from_numpy(image.astype(np.float32) / max_value).permute(2, 0, 1)[None]
-    x = match_channels(x, G.cfg.in_channels)
-    return resize(x, G.cfg.size, G.cfg.size).clamp(0, 1) * 2 - 1
+    return to_unit(image, max_value, G.cfg.in_channels, in_map, G.cfg.size, G.cfg.size)
 
 
 def to_image(

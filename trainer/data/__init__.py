@@ -140,12 +140,14 @@ class PairedData:
     splits: dict[str, PairedImages]  # a = the model's input, b = its target (after `direction`)
     split_names: dict[str, list[str]]  # image pairs, or subjects for volumes
     maps: dict[str, IntensityMap]  # "A" and "B": each folder's mapping, whatever the direction
+    # Each split's pairs on disk (subjects for volumes), for the metrics at the data's own size:
+    # whole volumes, or images at their own size (trainer.evaluate).
+    files: dict[str, list[PairFiles]]
     direction: str = "AtoB"
-    subjects: dict[str, list[PairFiles]] | None = None  # volumes: each split's subjects, for whole-volume metrics
 
     @property
     def is_volumes(self) -> bool:
-        return self.subjects is not None
+        return any(p.is_volume for pairs in self.files.values() for p in pairs)
 
     @property
     def input_side(self) -> str:
@@ -388,6 +390,17 @@ def read_image(path: Path) -> tuple[np.ndarray, int]:
 Decoded = tuple[np.ndarray, int]  # (H, W, C) pixels and their max value
 
 
+def side_size(pair: PairFiles, side: str) -> tuple[int, int]:
+    """(height, width) of side A or B of an image pair, from the file header: nothing is decoded."""
+    path = pair.a if side == "A" or pair.b is None else pair.b
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as err:  # Pillow raises many types for unreadable files
+        raise UserError(f"{path}: cannot be read as an image ({type(err).__name__}); replace or remove it") from None
+    return (height, width // 2) if pair.b is None else (height, width)
+
+
 def read_pair(pair: PairFiles) -> tuple[Decoded, Decoded]:
     """A and B with their own max values: an 8-bit B beside a 16-bit A keeps its own scale."""
     a, max_a = read_image(pair.a)
@@ -521,7 +534,7 @@ def load_paired_data(
     _unify_channels(splits)
     if run_dir is not None:
         save_split(run_dir, data, split_names)
-    return PairedData(data, splits, split_names, maps, options.direction, files if volumes else None)
+    return PairedData(data, splits, split_names, maps, files, options.direction)
 
 
 def _evenly_spaced(images: PairedImages, count: int) -> PairedImages:

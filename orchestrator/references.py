@@ -1,0 +1,101 @@
+"""Reference trials: what a search's best trial is measured against.
+
+Every search first runs the paper's settings (Isola et al. 2017: lambda_l1 100, dropout 0.5, lr 2e-4
+for G and D, beta1 0.5; TrainConfig's defaults) as Optuna's first, enqueued trial, so TPE learns
+from it like from any trial. Unless `search.l1_reference: false`, the second trial is the same
+settings without the discriminator (gan_weight 0): the L1-only model, which shows whether the GAN
+helps at all on this data. That one is not a point of the searched space: `ReferenceSearcher`
+hands it to Tune itself and keeps it from Optuna, and it is never exported (orchestrator.results)
+nor written into the Optuna study (orchestrator.study).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from orchestrator.spec import SearchSpec
+
+PAPER, L1_ONLY = "paper", "l1_only"
+L1_ONLY_SETTING = {"gan_weight": 0.0}  # the only difference between the two references
+LABELS = {PAPER: "paper's settings", L1_ONLY: "L1 only (paper's settings, no discriminator)"}
+
+
+def is_l1_reference(params: dict[str, Any], searched: Iterable[str]) -> bool:
+    """Tune's config holds the searched parameters, and gan_weight in the L1-only reference only."""
+    return "gan_weight" in params and "gan_weight" not in searched
+
+
+def reference_of(params: dict[str, Any], spec: SearchSpec) -> str | None:
+    """PAPER, L1_ONLY or None for a trial's parameters."""
+    if is_l1_reference(params, spec.space):
+        return L1_ONLY
+    point = spec.paper_point()
+    return PAPER if point and all(params.get(name) == value for name, value in point.items()) else None
+
+
+def reference_records(trials: list[dict[str, Any]], spec: SearchSpec) -> dict[str, dict[str, Any]]:
+    """PAPER and L1_ONLY -> what the summary and the model card show of that trial (those that ran):
+    its id, end, params and the val metrics of its best epoch."""
+    records = {}
+    for trial in trials:
+        kind = reference_of(trial["params"], spec)
+        if kind is None or kind in records:
+            continue
+        best = next((row for row in trial["history"] if row.get("epoch") == trial["best_epoch"]), {})
+        records[kind] = {
+            "label": LABELS[kind],
+            "trial_id": trial["trial_id"],
+            "status": trial["status"],
+            "params": trial["params"],
+            "best_epoch": trial["best_epoch"],
+            "val": {k: best[k] for k in ("val_ssim", "val_psnr", "val_mae") if k in best},
+        }
+    return records
+
+
+class ReferenceSearcher(Searcher):
+    """Wraps the Optuna searcher: its first suggestion is the enqueued paper point, which this wrapper
+    then hands out a second time with gan_weight 0 (the L1-only reference) before asking Optuna
+    again. Results of that trial never reach Optuna, which does not know it."""
+
+    def __init__(self, searcher: Searcher, l1_reference: bool) -> None:
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher = searcher
+        self.paper: dict[str, Any] | None = None  # the first suggestion, once made
+        self.l1_pending = l1_reference
+        self.l1_trial: str | None = None
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return self.searcher.set_max_concurrency(max_concurrent)
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.paper is not None and self.l1_pending:
+            self.l1_pending, self.l1_trial = False, trial_id
+            return {**self.paper, **L1_ONLY_SETTING}
+        suggestion = self.searcher.suggest(trial_id)
+        if self.paper is None and isinstance(suggestion, dict):
+            self.paper = suggestion
+        return suggestion
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id != self.l1_trial:
+            self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id != self.l1_trial:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    # Tune saves a wrapper's state with get_state (the wrapped searcher, found through `.searcher`,
+    # saves itself), as it does for its own ConcurrencyLimiter.
+    def get_state(self) -> dict[str, Any]:
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "searcher"})
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
