@@ -287,7 +287,8 @@ def test_ctrl_c_stops_cleanly_and_the_printed_command_finishes_the_search(tmp_pa
     """A real SIGINT to the driver's process group, as a terminal's Ctrl-C sends it, once a trial
     has reported an epoch: exit 130, nothing exported, the trials recorded as interrupted, and the
     printed command continues the search to its end with this run's W&B mode (off, not offline)."""
-    flags = ["--wandb", "offline", "--num-samples", "2", "--epochs", "4", "--stop-patience", "0"]
+    # Without the L1-only reference, which the study leaves out: both trials are the study's.
+    flags = ["--wandb", "offline", "--num-samples", "2", "--epochs", "4", "--stop-patience", "0", "--no-l1-reference"]
     command = search_command(tmp_path, "ctrl-c", *flags)
     env = search_env()
     driver = subprocess.Popen(
