@@ -29,7 +29,7 @@ from typing import Any
 from ray import tune
 
 from orchestrator.outcomes import Ending, error_line
-from trainer.checkpoint import write_json
+from trainer.files import write_json
 
 # Set by the first Ctrl-C of this driver process. Module state, not an attribute: a resumed search runs
 # the TrialEndings that Tune unpickled, which must see the Ctrl-C of this process.

@@ -15,12 +15,11 @@ from orchestrator.endings import EndingsRecord
 from orchestrator.outcomes import EPOCH_KEYS, Ending, EndReason, SearchState, describe_end, end_reason, error_line
 from orchestrator.references import is_l1_reference, reference_records
 from orchestrator.spec import SearchSpec, format_duration
-from trainer.checkpoint import BEST_GENERATOR, load_torch, write_json
-from trainer.config import TrainConfig
-from trainer.errors import UserError
+from trainer.checkpoint import BEST_GENERATOR, RunState
 from trainer.evaluate import NativeScores, evaluate_generator
-from trainer.export import export_generator, generator_from_checkpoint
-from trainer.loop import evaluate, load_run_data, pick_device
+from trainer.export import export_generator
+from trainer.files import write_json
+from trainer.loop import evaluate, pick_device
 
 SUMMARY_FILE = "summary.json"
 EXPORT_DIR = "best"  # the best trial's exported generator, in the experiment folder
@@ -131,23 +130,18 @@ def export_best(
     best = max(scored, key=lambda t: t["best_val_ssim"])
     # as_directory: the folder itself on local storage, a temporary download (removed after) on remote storage
     with latest_checkpoint(results, best["trial_id"]).as_directory() as folder:
-        checkpoint_dir = Path(folder)
-        state = load_torch(checkpoint_dir / BEST_GENERATOR)
-        cfg = TrainConfig.from_dict(state["config"], source=str(checkpoint_dir / BEST_GENERATOR))
-        data = load_run_data(cfg, checkpoint_dir)  # the split.json saved with the checkpoint: the same split
-    if data.split_hash != state["split_hash"]:
-        raise UserError(
-            f"{cfg.data}: its files changed during the search (split hash {data.split_hash} against the trials' "
-            f"{state['split_hash']}); restore the data, or run the search again on the new files"
-        )
-    G = generator_from_checkpoint(state).to(pick_device("auto"))
-    test = evaluate_generator(G, data, cfg, "test", state["epoch"])
+        state = RunState.load(Path(folder) / BEST_GENERATOR)
+        # the split.json saved with the checkpoint: the same split, or an error if the files changed since
+        data = state.load_data(Path(folder))
+    cfg = state.train_config()
+    G = state.generator().to(pick_device("auto"))
+    test = evaluate_generator(G, data, cfg, "test", state.epoch)
     metrics = test.card_metrics()  # test, identity_test, test_native, ...: the names the card and summary share
     val_metrics = evaluate(G, data.splits["val"], cfg.val_batch_size, prefix="val")
     card = {
         "name": "pix2pix-tune generator",
         "trial_id": best["trial_id"],
-        "epoch": state["epoch"],
+        "epoch": state.epoch,
         "hyperparameters": {k: best["params"][k] for k in spec.space if k in best["params"]},
         "train_config": cfg.to_dict(),
         "val": val_metrics,
@@ -172,7 +166,7 @@ def export_best(
     return {
         "trial_id": best["trial_id"],
         "params": best["params"],
-        "epoch": state["epoch"],
+        "epoch": state.epoch,
         "val": val_metrics,
         "test": metrics["test"],
         "identity_test": metrics["identity_test"],

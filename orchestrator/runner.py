@@ -34,8 +34,8 @@ from orchestrator.trainable import TrialSettings, run_trial, scratch_dir
 from orchestrator.wandb_callback import WandbTrialLogger
 from orchestrator.wandb_logging import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
 from trainer.config import TrainConfig
+from trainer.data import load_run_data
 from trainer.errors import UserError
-from trainer.loop import load_run_data
 
 console = Console()
 # Tune's warning about the cost of a thing that costs little next to a training epoch. Its warning

@@ -19,9 +19,9 @@ from typing import Any
 import optuna
 import yaml
 
-from trainer.checkpoint import write_atomic_text
 from trainer.config import TrainConfig, config_from_dict, opt, trainer_parameter_names
 from trainer.errors import UserError
+from trainer.files import write_atomic_text
 
 SECTIONS = ("train", "search", "space")
 SPACE_TYPES = ("float", "int", "categorical")

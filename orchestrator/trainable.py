@@ -17,11 +17,12 @@ import ray
 import torch
 from ray import tune
 
-from trainer.checkpoint import BEST_GENERATOR, LAST, write_atomic_text
+from trainer.checkpoint import BEST_GENERATOR, LAST
 from trainer.config import TrainConfig
-from trainer.data import SPLIT_FILE, png_bytes
+from trainer.data import SPLIT_FILE, load_run_data, png_bytes
 from trainer.errors import TrainingDiverged
-from trainer.loop import load_run_data, train, translate
+from trainer.files import write_atomic_text
+from trainer.loop import train, translate
 from trainer.visualize import sample_grid
 
 # A Tune checkpoint: the full state to continue from, the best epoch's generator to export, the split.

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, load_torch
+from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, RunState, load_torch
 from trainer.config import TrainConfig
 from trainer.ema import GeneratorEma
 from trainer.errors import TrainingDiverged
-from trainer.export import generator_from_checkpoint
 from trainer.loop import (
     LOSS_NAMES,
     build_scheduler,
@@ -85,7 +84,7 @@ def test_val_metrics_are_fp32_even_when_training_in_bf16(tiny_config: MakeConfig
     """The reported val SSIM is what an fp32 evaluation of the saved checkpoint gives, on any hardware."""
     cfg = tiny_config(precision="bf16", epochs=2)
     results = list(train(cfg, tmp_path))
-    G = generator_from_checkpoint(load_torch(tmp_path / BEST))
+    G = RunState.load(tmp_path / BEST).generator()
     best = next(r for r in results if r.epoch == results[-1].best_epoch)
     rescored = evaluate(G, load_run_data(cfg, tmp_path).splits["val"], cfg.val_batch_size, prefix="val")
     assert rescored == pytest.approx(best.val, abs=1e-6)
@@ -100,7 +99,7 @@ def test_with_ema_validation_scores_the_average_and_exports_it(tiny_config: Make
         name for name, w in last["G_ema"].items() if w.is_floating_point() and not torch.equal(w, last["G"][name])
     ]
     assert differs, "the average is not the raw generator"
-    G = generator_from_checkpoint(kept)
+    G = RunState.load(tmp_path / BEST_GENERATOR).generator()
     best = next(r for r in results if r.epoch == results[-1].best_epoch)
     rescored = evaluate(G, load_run_data(cfg, tmp_path).splits["val"], cfg.val_batch_size, prefix="val")
     assert rescored == pytest.approx(best.val, abs=1e-6)

@@ -26,10 +26,10 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from trainer import evaluate as evaluate_cli
 from trainer import predict as predict_cli
 from trainer import train as train_cli
-from trainer.checkpoint import BEST, LAST, load_torch, save_torch
+from trainer.checkpoint import BEST, LAST, RunState, load_torch, save_torch
 from trainer.config import GeneratorConfig, TrainConfig
 from trainer.data import png_bytes
-from trainer.export import export_generator, generator_from_checkpoint, load_generator
+from trainer.export import export_generator, load_generator
 from trainer.memory import available_bytes, generator_bytes
 from trainer.models import UNetGenerator, init_weights
 
@@ -205,7 +205,7 @@ def test_native_size_metrics_equal_skimage_on_the_images_predict_writes(
     run_dir, _ = tiny_run
     result = evaluate_cli.evaluate_checkpoint(run_dir / BEST, split="test", device="cpu")
     assert result.native is not None and result.native.sizes == [(128, 128)]
-    G = generator_from_checkpoint(load_torch(run_dir / BEST))
+    G = RunState.load(run_dir / BEST).generator()
     weights = tmp_path / "generator.pt"
     torch.save({"generator_config": dataclasses.asdict(G.cfg), "state_dict": G.state_dict()}, weights)
     inputs, targets = glyphs_root / "test" / "A", glyphs_root / "test" / "B"

@@ -23,13 +23,13 @@ from trainer import evaluate as evaluate_cli
 from trainer import predict as predict_cli
 from trainer import train as train_cli
 from trainer.builtin import PHANTOM_SUBJECTS, phantom_subject
-from trainer.checkpoint import BEST, load_torch
+from trainer.checkpoint import BEST, RunState, load_torch
 from trainer.config import TrainConfig
-from trainer.data import SPLIT_FILE, SPLITS, ReadOptions, load_paired_data
+from trainer.data import SPLIT_FILE, SPLITS, ReadOptions, load_paired_data, load_run_data
 from trainer.data.intensity import IntensityMap
 from trainer.errors import UserError
-from trainer.export import CARD, export_generator, generator_from_checkpoint
-from trainer.loop import load_run_data, train
+from trainer.export import CARD, export_generator
+from trainer.loop import train
 from trainer.metrics import volume_metrics
 from trainer.predict import translate_ras
 
@@ -295,7 +295,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Train
     data = load_run_data(cfg, run_dir)
     card = {"train_config": cfg.to_dict(), "direction": cfg.direction, "intensity": data.intensity_record()}
     export = run_dir / "export"
-    export_generator(generator_from_checkpoint(load_torch(run_dir / BEST)), export, card)
+    export_generator(RunState.load(run_dir / BEST).generator(), export, card)
     return run_dir, export, cfg
 
 

@@ -23,8 +23,9 @@ from rich.table import Table
 
 from trainer.bench_quality import DEFAULT_RUN
 from trainer.config import TrainConfig
+from trainer.data import load_run_data
 from trainer.errors import exits_cleanly_on_user_error
-from trainer.loop import load_run_data, train
+from trainer.loop import train
 
 console = Console(width=max(Console().width, 110))  # no wrapped rows in logs
 SETS = ("builtin:glyphs", "builtin:colorize", "builtin:restore")

@@ -24,11 +24,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from trainer.checkpoint import BEST, load_torch
+from trainer.checkpoint import BEST, RunState
 from trainer.config import TrainConfig
+from trainer.data import load_run_data
 from trainer.errors import exits_cleanly_on_user_error
-from trainer.export import generator_from_checkpoint
-from trainer.loop import autocast_dtype, evaluate, load_run_data, pick_device, train
+from trainer.loop import autocast_dtype, evaluate, pick_device, train
 
 console = Console(width=max(Console().width, 100))  # no wrapped rows in logs
 # The plain fp32 step of the reference implementation; every other switch keeps TrainConfig's default.
@@ -55,7 +55,7 @@ def train_and_score(cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, float], 
     for _ in train(cfg, run_dir):
         pass
     seconds = time.perf_counter() - started
-    G = generator_from_checkpoint(load_torch(run_dir / BEST), run_dir / BEST).to(pick_device(cfg.device))
+    G = RunState.load(run_dir / BEST).generator().to(pick_device(cfg.device))
     metrics = evaluate(G, load_run_data(cfg, run_dir).splits["val"], cfg.val_batch_size, prefix="val")
     return metrics, seconds
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from trainer.checkpoint import temp_dir_beside
 from trainer.config import MIN_SIZE
 from trainer.errors import UserError
+from trainer.files import temp_dir_beside
 
 BUILTIN_PREFIX = "builtin:"
 VERSION = "v3"  # bump when a builder changes, so stale caches are not reused

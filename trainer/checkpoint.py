@@ -1,103 +1,111 @@
-"""Checkpoints and other files written atomically (temp file in the same folder, then rename).
-
-A checkpoint holds everything needed to continue or rebuild a run: the full config, models,
-optimizers, schedulers, the epoch, RNG states and the metric history. Loading uses
-`weights_only=True`, so only tensors and plain containers are ever unpickled.
+"""A training run's checkpoint, the one owner of its format: `RunState` is what last.pt, best.pt and
+best_generator.pt hold. The training loop saves it; resume, evaluation, export and the search read
+it through this class, never by key. Loading uses `weights_only=True`, so only tensors and plain
+containers are ever unpickled, and a generator is rebuilt only after its config and weights were
+checked against each other (a crafted file cannot make it allocate gigabytes first).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import json
-import math
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainer.config import GeneratorConfig, TrainConfig
+from trainer.data import PairedData, load_run_data
 from trainer.errors import UserError
+from trainer.files import write_atomic_bytes
+from trainer.memory import available_bytes, generator_bytes
+from trainer.models import UNetGenerator
 
-LAST = "last.pt"
-BEST = "best.pt"
+LAST = "last.pt"  # the latest epoch's full state: what --resume continues from
+BEST = "best.pt"  # the best epoch's full state
 BEST_GENERATOR = "best_generator.pt"  # the best epoch without D and optimizer state: what export and evaluation need
-GENERATOR_ONLY_KEYS = (
-    "config", "generator_config", "epoch", "history", "best_val_ssim", "best_epoch", "split_hash", "data_source",
-    "intensity",
-)  # fmt: skip
+# What a checkpoint holds besides the summary fields: the networks and everything to continue training.
+FULL_STATE = ("G", "G_ema", "D", "opt_G", "opt_D", "sched_G", "sched_D", "scaler", "rng")
+NetState = dict[str, Any]  # a state_dict, or an optimizer's, scheduler's or scaler's
 
 
-def scored_generator_key(state: dict[str, Any]) -> str:
-    """The generator weights of a checkpoint that validation scored and export ships: "G_ema" (the
-    moving average, trainer.ema) when the run kept one, else "G"."""
-    return "G_ema" if state.get("G_ema") is not None else "G"
+@dataclass
+class RunState:
+    """One epoch of a run: the summary every reader needs, and the full state to continue from
+    (None where the file does not hold it: best_generator.pt keeps only the scored generator)."""
+
+    config: dict[str, Any]  # TrainConfig.to_dict()
+    generator_config: dict[str, Any]
+    epoch: int  # epochs completed
+    history: list[dict[str, float | int]]  # EpochResult.metrics() of every epoch so far
+    best_val_ssim: float
+    best_epoch: int
+    split_hash: str  # the train/val/test split the run was trained and scored on
+    data_source: str
+    intensity: dict[str, Any] | None  # how pixels or voxels became the network's values (trainer.data)
+    G: NetState | None = None
+    G_ema: NetState | None = None  # the moving average of G, when the run keeps one (ema_decay > 0)
+    D: NetState | None = None  # None for the L1-only baseline
+    opt_G: NetState | None = None
+    opt_D: NetState | None = None
+    sched_G: NetState | None = None
+    sched_D: NetState | None = None
+    scaler: NetState | None = None
+    rng: dict[str, Any] | None = None
+    source: str = field(default="checkpoint", compare=False)  # the file it was read from, for messages; not saved
+
+    @property
+    def scored_weights(self) -> NetState:
+        """The generator weights validation scored and export ships: the EMA when the run kept one."""
+        return self.G_ema if self.G_ema is not None else self.G
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.config, source=self.source)
+
+    def generator(self) -> UNetGenerator:
+        """The scored generator, rebuilt and checked, in eval mode on the CPU."""
+        return checked_generator(self.generator_config, self.scored_weights, self.source)
+
+    def load_data(self, run_dir: Path | None) -> PairedData:
+        """The run's data and split (split.json in run_dir), refusing data that no longer gives the
+        split this state was trained and scored on."""
+        cfg = self.train_config()
+        data = load_run_data(cfg, run_dir)
+        if data.split_hash != self.split_hash:
+            raise UserError(
+                f"{cfg.data}: gives a different train/val/test split (hash {data.split_hash}) than the one this "
+                f"model was trained on ({self.split_hash}); keep split.json next to the checkpoint"
+                f"{f' in {run_dir}' if run_dir else ''} and the data files unchanged"
+            )
+        return data
+
+    def save(self, path: Path) -> None:
+        """The whole state (last.pt, best.pt)."""
+        save_torch(path, {name: getattr(self, name) for name in saved_fields()})
+
+    def save_generator_only(self, path: Path) -> None:
+        """The summary and the scored generator alone (best_generator.pt): a quarter of the bytes of the
+        whole state or less, still enough for everything that only evaluates or exports."""
+        summary = {name: getattr(self, name) for name in saved_fields() if name not in FULL_STATE}
+        key = "G_ema" if self.G_ema is not None else "G"
+        save_torch(path, {**summary, key: self.scored_weights})
+
+    @classmethod
+    def load(cls, path: Path) -> RunState:
+        state = load_torch(Path(path))
+        if not isinstance(state, dict):
+            raise UserError(f"{path}: not a checkpoint of this trainer; use a run's last.pt or best.pt")
+        names = saved_fields()
+        missing = [n for n in names if n not in FULL_STATE and n not in state]
+        if missing or (state.get("G") is None and state.get("G_ema") is None):
+            what = repr(missing[0]) if missing else "generator weights"
+            raise UserError(f"{path}: has no {what}; use a file this trainer wrote")
+        return cls(**{n: state.get(n) for n in names}, source=str(path))
 
 
-def generator_only(state: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint reduced to the scored generator: a quarter of the bytes of a full one or less (no
-    D, no Adam moments, no raw G beside its EMA), still readable by everything that only evaluates or
-    exports."""
-    key = scored_generator_key(state)
-    return {**{k: state[k] for k in GENERATOR_ONLY_KEYS}, key: state[key]}
-
-
-def temp_dir_beside(final: Path) -> Path:
-    """An empty folder beside `final`, to fill and then rename to `final`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    use_default_permissions(tmp, directory=True)
-    return tmp
-
-
-def use_default_permissions(path: Path, directory: bool = False) -> None:
-    """mkstemp/mkdtemp create private files (0600/0700); give them the mode a plain open or mkdir
-    would, so that a team sharing the storage can read the results."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    use_default_permissions(Path(tmp))
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_atomic_text(path: Path, text: str) -> None:
-    _write_atomic(path, lambda tmp: tmp.write_text(text))
-
-
-def json_safe(value: Any) -> Any:
-    """Strict JSON has no NaN or infinity (e.g. the PSNR of two identical images): those become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_json(path: Path, value: Any) -> None:
-    write_atomic_text(path, json.dumps(json_safe(value), indent=1, allow_nan=False, default=str))
-
-
-def write_atomic_bytes(path: Path, data: bytes) -> None:
-    _write_atomic(path, lambda tmp: tmp.write_bytes(data))
-
-
-def copy_atomic(src: Path, dst: Path) -> None:
-    _write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
+def saved_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(RunState) if f.name != "source"]
 
 
 def save_torch(path: Path, obj: Any) -> None:
@@ -105,7 +113,7 @@ def save_torch(path: Path, obj: Any) -> None:
     (a C++ error thrown in a destructor), where Python's write raises OSError, which we can report."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    _write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
+    write_atomic_bytes(path, buffer.getbuffer())
 
 
 def checkpoint_entries(state: Any, source: Path | str, *keys: str) -> list[Any]:
@@ -116,27 +124,37 @@ def checkpoint_entries(state: Any, source: Path | str, *keys: str) -> list[Any]:
     return [state[k] for k in keys]
 
 
-def nearest_existing(path: Path) -> Path:
-    """`path` or its closest existing parent: where creating `path` would start."""
-    return next(p for p in (path, *path.absolute().parents) if p.exists() or p.is_symlink())
+def checked_generator(gcfg: Any, state: Any, source: Path | str) -> UNetGenerator:
+    """The generator a file describes, with its weights, in eval mode on the CPU.
 
-
-def check_output_folder(folder: Path, flag: str, given: Path | None = None) -> None:
-    """Refuse, before any work, a folder that cannot take the output: a file in its place or in its
-    path, or a place this user cannot write to. It need not exist yet (writing creates it). `given`
-    is what the user typed, when that is a file inside `folder`."""
-    existing = nearest_existing(folder)
-    if not existing.is_dir():
-        raise UserError(f"{flag} {given or folder}: {existing} is not a folder (a file?); choose another {flag}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {given or folder}: {existing} is not writable (read-only); choose another {flag}")
-
-
-def check_output_file(path: Path, flag: str) -> None:
-    """check_output_folder for the folder of one output file, which must not be a folder itself."""
-    if path.is_dir():
-        raise UserError(f"{flag} {path}: is a folder; give a file name")
-    check_output_folder(path.parent, flag, path)
+    Everything is checked before the network is allocated, since a crafted config (ngf 2048) would
+    otherwise take gigabytes first: the config's values, its memory estimated on the meta device
+    against what this machine has (trainer.memory), and each weight's name and shape against a meta
+    copy of the network. Each problem is a one-line UserError naming `source`."""
+    cfg = GeneratorConfig.from_dict(gcfg, f"{source}: generator_config")
+    need, have = generator_bytes(cfg), available_bytes()
+    if have is not None and need > have:
+        raise UserError(
+            f"{source}: its generator_config (ngf {cfg.ngf}, {cfg.size} px) needs about {need / 2**30:.1f} GiB, "
+            f"more than the {have / 2**30:.1f} GiB available; free memory, or check that the file is a model "
+            "this trainer exported"
+        )
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in UNetGenerator(cfg).state_dict().items()}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{source}: its weights are not a dict of tensors; use a file this trainer wrote")
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    differ = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
+    if differ:
+        first = differ[0]
+        raise UserError(
+            f"{source}: weights do not fit its generator_config ({len(differ)} tensors differ, e.g. {first}: "
+            f"{got.get(first, 'missing')} in the file, {expected.get(first, 'none')} for ngf {cfg.ngf}, "
+            f"{cfg.in_channels} -> {cfg.out_channels} channels); use a file this trainer wrote, unedited"
+        )
+    G = UNetGenerator(cfg)
+    G.load_state_dict(state)
+    return G.eval()
 
 
 def load_torch(path: Path) -> dict[str, Any]:

@@ -20,20 +20,19 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from trainer.checkpoint import check_output_file, checkpoint_entries, load_torch
+from trainer.checkpoint import RunState
 from trainer.cli import OneLineErrorParser
 from trainer.config import Device, TrainConfig
 from trainer.data import SPLITS, PairedData, PairedImages, read_pair, side_size
 from trainer.data.volumes import read_subject
 from trainer.errors import UserError, exits_cleanly_on_user_error
-from trainer.export import generator_from_checkpoint
+from trainer.files import check_output_file
 from trainer.loop import (
     BASELINE_LABELS,
     IDENTITY,
     MEAN_IMAGE,
     baseline_metrics,
     evaluate,
-    load_run_data,
     mean_image,
     pick_device,
     translate,
@@ -47,14 +46,6 @@ from trainer.train import METRIC_LABELS, comparison_table
 from trainer.visualize import save_grid
 
 GRID_SAMPLES = 8
-
-
-@dataclass
-class CheckpointModel:
-    generator: UNetGenerator  # eval mode, on the requested device
-    config: TrainConfig
-    epoch: int
-    split_hash: str
 
 
 @dataclass
@@ -123,25 +114,6 @@ class Evaluation:
             f"{split}_native_sizes": [list(size) for size in native.sizes] if native else None,
             f"{split}_volumes": self.volumes.to_card() if self.volumes else None,
         }
-
-
-def load_checkpoint_generator(path: Path, device: torch.device) -> CheckpointModel:
-    """Rebuild the generator a checkpoint (last.pt / best.pt) was trained as, with its weights."""
-    state = load_torch(Path(path))
-    config, epoch, split_hash = checkpoint_entries(state, path, "config", "epoch", "split_hash")
-    cfg = TrainConfig.from_dict(config, source=str(path))
-    return CheckpointModel(generator_from_checkpoint(state, path).to(device), cfg, epoch, split_hash)
-
-
-def load_checkpoint_data(model: CheckpointModel, run_dir: Path) -> PairedData:
-    """The run's data and split (split.json in run_dir), refusing data that no longer gives that split."""
-    data = load_run_data(model.config, run_dir)
-    if data.split_hash != model.split_hash:
-        raise UserError(
-            f"{model.config.data}: gives a different train/val/test split than the one this model was trained on; "
-            f"keep split.json next to the checkpoint in {run_dir} and the data folder unchanged"
-        )
-    return data
 
 
 @torch.no_grad()
@@ -260,9 +232,10 @@ def evaluate_checkpoint(checkpoint: Path, split: str = "test", device: str = "au
     if split not in SPLITS:
         raise UserError(f"split {split!r} does not exist; choose one of {', '.join(SPLITS)}")
     checkpoint = Path(checkpoint)
-    model = load_checkpoint_generator(checkpoint, pick_device(device))
-    data = load_checkpoint_data(model, checkpoint.parent)
-    return evaluate_generator(model.generator, data, model.config, split, model.epoch)
+    state = RunState.load(checkpoint)
+    data = state.load_data(checkpoint.parent)  # refuses data that no longer gives the run's split
+    G = state.generator().to(pick_device(device))
+    return evaluate_generator(G, data, state.train_config(), split, state.epoch)
 
 
 def build_parser() -> OneLineErrorParser:

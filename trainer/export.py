@@ -36,22 +36,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from trainer.checkpoint import (
-    checkpoint_entries,
+from trainer.checkpoint import checked_generator, checkpoint_entries, load_torch, save_torch
+from trainer.config import GeneratorConfig
+from trainer.errors import UserError
+from trainer.files import (
     json_safe,
-    load_torch,
     nearest_existing,
-    save_torch,
-    scored_generator_key,
     temp_dir_beside,
     use_default_permissions,
     write_atomic_bytes,
     write_atomic_text,
     write_json,
 )
-from trainer.config import GeneratorConfig
-from trainer.errors import UserError
-from trainer.memory import available_bytes, generator_bytes
 from trainer.model_card import render_model_card
 from trainer.models import UNetGenerator
 from trainer.visualize import save_grid
@@ -239,46 +235,6 @@ def export_onnx(G: UNetGenerator, path: Path, example: torch.Tensor, metadata: d
     if diff > ONNX_TOLERANCE:
         raise RuntimeError(f"{path}: ONNX output differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE})")
     return diff
-
-
-def generator_from_checkpoint(state: dict[str, Any], source: Path | str = "checkpoint") -> UNetGenerator:
-    """The generator of a training checkpoint (last.pt / best.pt contents), in eval mode on the CPU:
-    the weights validation scored (the EMA when the run kept one)."""
-    gcfg, weights = checkpoint_entries(state, source, "generator_config", scored_generator_key(state))
-    return checked_generator(gcfg, weights, source)
-
-
-def checked_generator(gcfg: Any, state: Any, source: Path | str) -> UNetGenerator:
-    """The generator a file describes, with its weights, in eval mode on the CPU.
-
-    Everything is checked before the network is allocated, since a crafted config (ngf 2048) would
-    otherwise take gigabytes first: the config's values, its memory estimated on the meta device
-    against what this machine has (trainer.memory), and each weight's name and shape against a meta
-    copy of the network. Each problem is a one-line UserError naming `source`."""
-    cfg = GeneratorConfig.from_dict(gcfg, f"{source}: generator_config")
-    need, have = generator_bytes(cfg), available_bytes()
-    if have is not None and need > have:
-        raise UserError(
-            f"{source}: its generator_config (ngf {cfg.ngf}, {cfg.size} px) needs about {need / 2**30:.1f} GiB, "
-            f"more than the {have / 2**30:.1f} GiB available; free memory, or check that the file is a model "
-            "this trainer exported"
-        )
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in UNetGenerator(cfg).state_dict().items()}
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{source}: its weights are not a dict of tensors; use a file this trainer wrote")
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    differ = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
-    if differ:
-        first = differ[0]
-        raise UserError(
-            f"{source}: weights do not fit its generator_config ({len(differ)} tensors differ, e.g. {first}: "
-            f"{got.get(first, 'missing')} in the file, {expected.get(first, 'none')} for ngf {cfg.ngf}, "
-            f"{cfg.in_channels} -> {cfg.out_channels} channels); use a file this trainer wrote, unedited"
-        )
-    G = UNetGenerator(cfg)
-    G.load_state_dict(state)
-    return G.eval()
 
 
 def read_card(path: Path) -> dict[str, Any]:

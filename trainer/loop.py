@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, copy_atomic, generator_only, load_torch, save_torch
+from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, RunState
 from trainer.config import GeneratorConfig, TrainConfig
-from trainer.data import PairedData, PairedImages, ReadOptions, augment, load_paired_data
+from trainer.data import PairedData, PairedImages, augment, load_run_data
 from trainer.ema import GeneratorEma
 from trainer.errors import TrainingDiverged, UserError
+from trainer.files import copy_atomic
 from trainer.metrics import per_image_metrics
 from trainer.models import PatchDiscriminator, UNetGenerator, init_weights
 from trainer.names import LOSS_NAMES, METRIC_NAMES
@@ -170,13 +171,6 @@ def generator_forward(
 ) -> torch.Tensor:
     with autocast(device, dtype):
         return G(images).float()
-
-
-def load_run_data(cfg: TrainConfig, run_dir: Path | None) -> PairedData:
-    """The data of a run as its config describes it (split saved to / reused from run_dir)."""
-    return load_paired_data(
-        cfg.data, cfg.size, cfg.split_seed, run_dir, cfg.jitter, cfg.max_train_images, ReadOptions.of(cfg)
-    )
 
 
 @torch.no_grad()
@@ -411,21 +405,21 @@ def train(
     history: list[dict[str, float | int]] = []
     best_val_ssim, best_epoch, start_epoch = -math.inf, 0, 0
     if resume and (run_dir / LAST).exists():
-        state = load_torch(run_dir / LAST)
-        check_resumable(state["config"], cfg, run_dir / LAST)
-        G.load_state_dict(state["G"])
-        opt_G.load_state_dict(state["opt_G"])
-        sched_G.load_state_dict(state["sched_G"])
+        state = RunState.load(run_dir / LAST)
+        check_resumable(state.config, cfg, run_dir / LAST)
+        G.load_state_dict(state.G)
+        opt_G.load_state_dict(state.opt_G)
+        sched_G.load_state_dict(state.sched_G)
         if D is not None:
-            D.load_state_dict(state["D"])
-            opt_D.load_state_dict(state["opt_D"])
-            sched_D.load_state_dict(state["sched_D"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"], data_rng)
-        history = state["history"]
-        best_val_ssim, best_epoch, start_epoch = state["best_val_ssim"], state["best_epoch"], state["epoch"]
+            D.load_state_dict(state.D)
+            opt_D.load_state_dict(state.opt_D)
+            sched_D.load_state_dict(state.sched_D)
+        scaler.load_state_dict(state.scaler)
+        restore_rng(state.rng, data_rng)
+        history = state.history
+        best_val_ssim, best_epoch, start_epoch = state.best_val_ssim, state.best_epoch, state.epoch
         if ema is not None:  # one update per step, every epoch the same number of steps
-            ema.load_state_dict(state["G_ema"], updates=start_epoch * steps_per_epoch)
+            ema.load_state_dict(state.G_ema, updates=start_epoch * steps_per_epoch)
 
     for epoch in range(start_epoch, cfg.epochs):
         G.train()
@@ -473,28 +467,28 @@ def train(
         )
         history.append(result.metrics())
 
-        state = {
-            "config": cfg.to_dict(),
-            "generator_config": dataclasses.asdict(gcfg),
-            "epoch": epoch + 1,
-            "G": G.state_dict(),
-            "G_ema": ema.state_dict() if ema is not None else None,
-            "D": D.state_dict() if D is not None else None,
-            "opt_G": opt_G.state_dict(),
-            "opt_D": opt_D.state_dict() if opt_D is not None else None,
-            "sched_G": sched_G.state_dict(),
-            "sched_D": sched_D.state_dict() if sched_D is not None else None,
-            "scaler": scaler.state_dict(),
-            "rng": rng_state(data_rng),
-            "history": history,
-            "best_val_ssim": best_val_ssim,
-            "best_epoch": best_epoch,
-            "split_hash": data.split_hash,
-            "data_source": data.source,
-            "intensity": data.intensity_record(),
-        }
-        save_torch(run_dir / LAST, state)
+        state = RunState(
+            config=cfg.to_dict(),
+            generator_config=dataclasses.asdict(gcfg),
+            epoch=epoch + 1,
+            history=history,
+            best_val_ssim=best_val_ssim,
+            best_epoch=best_epoch,
+            split_hash=data.split_hash,
+            data_source=data.source,
+            intensity=data.intensity_record(),
+            G=G.state_dict(),
+            G_ema=ema.state_dict() if ema is not None else None,
+            D=D.state_dict() if D is not None else None,
+            opt_G=opt_G.state_dict(),
+            opt_D=opt_D.state_dict() if opt_D is not None else None,
+            sched_G=sched_G.state_dict(),
+            sched_D=sched_D.state_dict() if sched_D is not None else None,
+            scaler=scaler.state_dict(),
+            rng=rng_state(data_rng),
+        )
+        state.save(run_dir / LAST)
         if result.is_best:
             copy_atomic(run_dir / LAST, run_dir / BEST)
-            save_torch(run_dir / BEST_GENERATOR, generator_only(state))
+            state.save_generator_only(run_dir / BEST_GENERATOR)
         yield result

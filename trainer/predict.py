@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from trainer.checkpoint import check_output_folder, write_atomic_bytes
 from trainer.cli import OneLineErrorParser
 from trainer.config import Device
 from trainer.data import IMAGE_SUFFIXES, png_bytes, read_image
@@ -41,6 +40,7 @@ from trainer.data.volumes import (
 )
 from trainer.errors import UserError, exits_cleanly_on_user_error
 from trainer.export import load_generator
+from trainer.files import check_output_folder, write_atomic_bytes
 from trainer.loop import pick_device
 from trainer.models import UNetGenerator
 

@@ -17,12 +17,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from trainer.builtin import BUILTIN_PREFIX
-from trainer.checkpoint import BEST, LAST, load_torch
+from trainer.checkpoint import BEST, LAST, RunState
 from trainer.cli import OneLineErrorParser, add_dataclass_flags
 from trainer.config import TrainConfig
-from trainer.data import PairedData
+from trainer.data import PairedData, load_run_data
 from trainer.errors import EXIT_INTERRUPTED, TrainingDiverged, UserError, exits_cleanly_on_user_error
-from trainer.loop import BASELINE_LABELS, EpochResult, baseline_metrics, load_run_data, pick_device, train
+from trainer.loop import BASELINE_LABELS, EpochResult, baseline_metrics, pick_device, train
 from trainer.names import LOSS_NAMES, METRIC_NAMES
 
 EXIT_DIVERGED = 1
@@ -123,9 +123,9 @@ def describe_data(data: PairedData, cfg: TrainConfig) -> str:
 
 
 def print_summary(console: Console, cfg: TrainConfig, data: PairedData, run_dir: Path) -> None:
-    state = load_torch(run_dir / LAST)
-    history = state["history"]
-    best = next(row for row in history if row["epoch"] == state["best_epoch"])
+    state = RunState.load(run_dir / LAST)
+    history = state.history
+    best = next(row for row in history if row["epoch"] == state.best_epoch)
     baseline, name = baseline_metrics(data, "val", pick_device(cfg.device), cfg.val_batch_size)
     title = f"best epoch {best['epoch']}/{cfg.epochs} on val ({len(data.splits['val'])} pairs)"
     console.print(comparison_table(title, best, baseline, prefix="val", baseline_label=BASELINE_LABELS[name]))

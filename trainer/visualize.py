@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.checkpoint import write_atomic_bytes
 from trainer.data import png_bytes
+from trainer.files import write_atomic_bytes
 
 
 def to_uint8_rgb(x: torch.Tensor) -> np.ndarray:

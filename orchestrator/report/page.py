@@ -21,7 +21,7 @@ from orchestrator.report import plots
 from orchestrator.report.load import Experiment, best_trial_id, load_experiment, param_names, scored, wandb_dir
 from orchestrator.report.text import fmt, format_duration
 from orchestrator.wandb_offline import WandbLogError, find_runs, read_run
-from trainer.checkpoint import write_atomic_text
+from trainer.files import write_atomic_text
 
 REPORT = "report.html"
 TEMPLATE = "page.html.j2"

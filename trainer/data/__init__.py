@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from trainer.builtin import BUILTIN_PREFIX, builtin_root
-from trainer.checkpoint import write_json
 from trainer.config import TrainConfig
 from trainer.data.intensity import IntensityMap, fit_map
 from trainer.data.limits import IMAGE_PIXELS
@@ -47,6 +46,7 @@ from trainer.data.volumes import (
     volume_stem,
 )
 from trainer.errors import UserError
+from trainer.files import write_json
 
 TIFF_SUFFIXES = {".tif", ".tiff"}  # read with tifffile, everything else with Pillow
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"} | TIFF_SUFFIXES
@@ -571,3 +571,10 @@ def augment(
         a = torch.where(mask, a.flip(3), a)
         b = torch.where(mask, b.flip(3), b)
     return a, b
+
+
+def load_run_data(cfg: TrainConfig, run_dir: Path | None) -> PairedData:
+    """The data of a run as its config describes it (split saved to / reused from run_dir)."""
+    return load_paired_data(
+        cfg.data, cfg.size, cfg.split_seed, run_dir, cfg.jitter, cfg.max_train_images, ReadOptions.of(cfg)
+    )
