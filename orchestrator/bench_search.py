@@ -47,7 +47,7 @@ from trainer.cli import OneLineErrorParser, add_dataclass_flags, given_flags
 from trainer.config import TrainConfig
 from trainer.errors import UserError, exits_cleanly_on_user_error
 
-console = Console(width=max(Console().width, 100))  # no wrapped rows in logs
+console = Console(width=max(Console().width, 150))  # no wrapped rows or columns in logs
 
 # The spec settings a benchmark run may change; --data and --seeds replace `data` and `seed` with lists.
 TRAIN_FLAGS = ("size", "epochs", "batch_size", "max_train_images", "ngf", "ndf")
@@ -271,6 +271,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, default=DEFAULT_SPEC, help="search spec YAML (default: %(default)s)")
     p.add_argument(
         "--data",
+        dest="tasks",  # not `data`: given_flags would take it for TrainConfig.data
         type=comma_list(str),
         help="comma-separated tasks, e.g. builtin:glyphs,builtin:colorize (default: the spec's)",
     )
@@ -295,7 +296,7 @@ def run_name(task: str, seed: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     spec = load_spec(args.config).with_overrides(given_flags(args, TrainConfig), given_flags(args, SearchSettings))
-    tasks = args.data or [spec.train["data"]]
+    tasks = args.tasks or [spec.train["data"]]
     methods = [METHODS[REFERENCE], *(METHODS[label] for label in dict.fromkeys(args.methods) if label != REFERENCE)]
     os.environ.update(QUIET_ENV)
     started_ray = start_ray(None)
