@@ -101,10 +101,11 @@ def make_searcher(spec: SearchSpec) -> OptunaSearch:
     )
 
 
-def make_scheduler(spec: SearchSpec, epochs: int) -> ASHAScheduler:
+def make_scheduler(spec: SearchSpec, epochs: int, metric: str = METRIC) -> ASHAScheduler:
+    """`metric`: what ASHA ranks trials on at each rung (orchestrator.bench_search compares others)."""
     return ASHAScheduler(
         time_attr="epoch",
-        metric=METRIC,
+        metric=metric,
         mode="max",
         max_t=epochs,
         grace_period=min(spec.search.grace_period, epochs),
