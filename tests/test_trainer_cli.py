@@ -196,6 +196,16 @@ def test_evaluate_checkpoint_uses_the_runs_split(tiny_run: tuple[Path, str]) -> 
     assert [t.shape for t in result.samples] == [(8, 1, 32, 32)] * 3
 
 
+def test_evaluate_reads_and_writes_nothing_beside_the_checkpoint(tiny_run: tuple[Path, str], tmp_path: Path) -> None:
+    """A read-only command: a checkpoint copied alone (no split.json) is scored on the split its
+    seed gives, checked against the checkpoint's split hash, and its folder is left as it was."""
+    run_dir, _ = tiny_run
+    shutil.copy(run_dir / BEST, tmp_path / BEST)
+    result = evaluate_cli.evaluate_checkpoint(tmp_path / BEST, split="val", device="cpu")
+    assert result.metrics["val_ssim"] > 0
+    assert [p.name for p in tmp_path.iterdir()] == [BEST]
+
+
 def test_native_size_metrics_equal_skimage_on_the_images_predict_writes(
     tiny_run: tuple[Path, str], glyphs_root: Path, tmp_path: Path
 ) -> None:

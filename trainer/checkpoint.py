@@ -71,7 +71,7 @@ class RunState:
         """The run's data and split (split.json in run_dir), refusing data that no longer gives the
         split this state was trained and scored on."""
         cfg = self.train_config()
-        data = load_run_data(cfg, run_dir)
+        data = load_run_data(cfg, run_dir, save_split_file=False)  # reading a model writes nothing
         if data.split_hash != self.split_hash:
             raise UserError(
                 f"{cfg.data}: gives a different train/val/test split (hash {data.split_hash}) than the one this "

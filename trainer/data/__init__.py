@@ -502,8 +502,10 @@ def load_paired_data(
     jitter: bool = False,
     max_train_images: int = 0,
     options: ReadOptions | None = None,
+    save_split_file: bool = True,
 ) -> PairedData:
-    """Decode every split once. With a run_dir, the split is saved there (and reused when present).
+    """Decode every split once. With a run_dir, the split is reused from there when present, and
+    saved there unless `save_split_file` is False (a read-only command such as trainer.evaluate).
 
     `options` (intensity, volumes, direction) default to TrainConfig's defaults."""
     options = options if options is not None else ReadOptions.of(TrainConfig())
@@ -532,7 +534,7 @@ def load_paired_data(
     if options.direction == "BtoA":
         splits = {s: x.swapped() for s, x in splits.items()}
     _unify_channels(splits)
-    if run_dir is not None:
+    if run_dir is not None and save_split_file:
         save_split(run_dir, data, split_names)
     return PairedData(data, splits, split_names, maps, files, options.direction)
 
@@ -573,8 +575,15 @@ def augment(
     return a, b
 
 
-def load_run_data(cfg: TrainConfig, run_dir: Path | None) -> PairedData:
-    """The data of a run as its config describes it (split saved to / reused from run_dir)."""
+def load_run_data(cfg: TrainConfig, run_dir: Path | None, save_split_file: bool = True) -> PairedData:
+    """The data of a run as its config describes it (split reused from run_dir, else saved there)."""
     return load_paired_data(
-        cfg.data, cfg.size, cfg.split_seed, run_dir, cfg.jitter, cfg.max_train_images, ReadOptions.of(cfg)
+        cfg.data,
+        cfg.size,
+        cfg.split_seed,
+        run_dir,
+        cfg.jitter,
+        cfg.max_train_images,
+        ReadOptions.of(cfg),
+        save_split_file,
     )
