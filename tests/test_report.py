@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import html.parser
 import io
 import json
@@ -92,6 +93,22 @@ def study_trial(t: dict) -> optuna.trial.FrozenTrial:
     )
 
 
+def reference_records(trials: list[dict]) -> dict[str, dict]:
+    """The first two trials as the paper's-settings and L1-only references, as orchestrator.references records them."""
+    labels = {"paper": "paper's settings", "l1_only": "L1 only (paper's settings, no discriminator)"}
+    return {
+        kind: {
+            "label": label,
+            "trial_id": t["trial_id"],
+            "status": t["status"],
+            "params": t["params"],
+            "best_epoch": t["best_epoch"],
+            "val": {"val_ssim": t["best_val_ssim"], "val_psnr": 15.5, "val_mae": 0.2},
+        }
+        for (kind, label), t in zip(labels.items(), [t for t in trials if t["best_val_ssim"] is not None])
+    }
+
+
 def make_experiment(folder: Path, trials: list[dict], with_best: bool = True, with_study: bool = True) -> Path:
     """A finished search's folder: summary.json, optuna.db, best/model_card.json and best/samples.png."""
     scored = [t for t in trials if t["best_val_ssim"] is not None]
@@ -126,6 +143,7 @@ def make_experiment(folder: Path, trials: list[dict], with_best: bool = True, wi
         "wandb": {"mode": "offline", "dir": str(folder / "wandb"), "sync_command": "wandb sync x"},
         "trials": trials,
         "best": best,
+        "references": reference_records(trials),
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -206,6 +224,15 @@ def test_report_names_every_trial_and_escapes_text(page: str, experiment: Path) 
         assert name in page
     assert "RuntimeError: out of memory" in page
     assert "Parameter importance" in page and "PED-ANOVA" in page
+
+
+def test_the_best_trial_is_shown_beside_both_references(page: str, experiment: Path) -> None:
+    summary = json.loads((experiment / "summary.json").read_text())
+    section = page[page.index("Best trial against the references") :]
+    table = section[: section.index("</table>")]
+    assert "best trial (exported)" in table and summary["best"]["trial_id"] in table
+    for record in summary["references"].values():
+        assert record["label"] in html.unescape(table) and record["trial_id"] in table
 
 
 def test_test_metrics_table_compares_with_identity(page: str) -> None:

@@ -68,6 +68,7 @@ def render_report(experiment: Experiment) -> str:
     names = param_names(summary)
     sections = [
         curves_section(summary, best_id),
+        references_section(summary),
         parameters_section(summary, names, best_id),
         importance_section(experiment.importances),
         samples_section(experiment.samples, best_id),
@@ -121,14 +122,15 @@ def header_facts(summary: dict[str, Any], best_id: str | None) -> list[tuple[str
 
 def curves_section(summary: dict[str, Any], best_id: str | None) -> Section:
     title = "Validation SSIM per epoch"
-    png = plots.plot_val_ssim(summary["trials"], best_id)
+    png = plots.plot_val_ssim(summary["trials"], best_id, summary.get("references") or {})
     if png is None:
         return Section(title, notes=["No trial completed an epoch."])
     caption = (
         "Each line is one trial, coloured and marked by how it ended (trials that ended early are drawn on top, "
         "with a marker on every epoch); the star is the best trial's best epoch. The axis starts at the "
         f"{plots.CURVES_LOW_QUANTILE:.0%} quantile of all epochs' values: lower early epochs run off the bottom, "
-        "and a trial that ended below it has its end marker on the bottom edge."
+        "and a trial that ended below it has its end marker on the bottom edge. Dashed lines: the best val SSIM "
+        "of the reference trials (the paper's settings, and the same without the discriminator)."
     )
     return Section(title, images=[Image(png, "validation SSIM per epoch for every trial", caption)])
 
@@ -199,6 +201,28 @@ def test_metrics_section(best: dict[str, Any] | None) -> Section:
     )
     headers = ["metric", "better", "best model", "identity baseline", "model − baseline", "beats baseline"]
     return Section(title, notes=[explanation], tables=[Table(headers, rows)])
+
+
+def references_section(summary: dict[str, Any]) -> Section:
+    """The best trial beside the reference trials every search runs first, on val: did the search
+    find anything better than the paper's settings, and did the GAN beat plain L1 regression?"""
+    title = "Best trial against the references"
+    references = summary.get("references") or {}
+    if not references:
+        return Section(title, notes=["This search ran no reference trials (a summary from before they existed)."])
+    best = summary.get("best") or {}
+    rows = []
+    if best:
+        rows.append(["best trial (exported)", best["trial_id"], "", best.get("epoch"), *val_row(best.get("val"))])
+    for record in references.values():
+        row = [record["label"], record["trial_id"], record["status"], record["best_epoch"]]
+        rows.append([*row, *val_row(record.get("val"))])
+    headers = ["", "trial", "status", "best epoch", "val SSIM", "val PSNR (dB)", "val MAE"]
+    return Section(title, tables=[Table(headers, rows, [i == 0 and bool(best) for i in range(len(rows))])])
+
+
+def val_row(val: dict[str, float] | None) -> list[Any]:
+    return [(val or {}).get(f"val_{m}") for m in ("ssim", "psnr", "mae")]
 
 
 def trials_section(summary: dict[str, Any], names: list[str], best_id: str | None) -> Section:
