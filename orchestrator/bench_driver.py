@@ -44,7 +44,7 @@ from orchestrator.outcomes import SearchState
 from orchestrator.ray_output import result_loggers
 from orchestrator.report import write_report
 from orchestrator.results import summarize_trials, write_summary
-from orchestrator.runner import QUIET_ENV, checkpoint_config, make_searcher, search_callbacks
+from orchestrator.runner import QUIET_ENV, checkpoint_config, search_algorithm, search_callbacks
 from orchestrator.spec import DEFAULT_SPEC, SearchSpec, load_spec
 from orchestrator.standin_trial import StandInSettings, run_standin_trial
 from orchestrator.trainable import CHECKPOINT_FILES, PANEL_FILE
@@ -212,10 +212,9 @@ def run_bench(trials: int, args: argparse.Namespace, root: Path) -> BenchRow:
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(run_standin_trial, settings=settings), {"cpu": 1}),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec),
+            search_alg=search_algorithm(spec),  # the search's own: TPE, references, limits
             scheduler=FIFOScheduler(),  # every trial runs every epoch: the theoretical minimum is exact
             num_samples=trials,
-            max_concurrent_trials=args.concurrent,
             reuse_actors=args.reuse_actors,
         ),
         run_config=tune.RunConfig(

@@ -5,8 +5,10 @@ for G and D, beta1 0.5; TrainConfig's defaults) as Optuna's first, enqueued tria
 from it like from any trial. Unless `search.l1_reference: false`, the second trial is the same
 settings without the discriminator (gan_weight 0): the L1-only model, which shows whether the GAN
 helps at all on this data. That one is not a point of the searched space: `ReferenceSearcher`
-hands it to Tune itself and keeps it from Optuna, and it is never exported (orchestrator.results)
-nor written into the Optuna study (orchestrator.study).
+hands it to Tune itself and keeps it from Optuna, and it is not written into the Optuna study
+(orchestrator.study). Both keep their best generator on disk (orchestrator.retention), are scored on
+the test split after the search, and compete for the export like any trial (orchestrator.results):
+the model card says which kind won.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from ray.tune.search import Searcher
 from orchestrator.spec import SearchSpec
 
 PAPER, L1_ONLY = "paper", "l1_only"
+SEARCHED = "searched"  # a trial TPE suggested: the kind of trial that is no reference
 L1_ONLY_SETTING = {"gan_weight": 0.0}  # the only difference between the two references
 LABELS = {PAPER: "paper's settings", L1_ONLY: "L1 only (paper's settings, no discriminator)"}
+KIND_LABELS = {**LABELS, SEARCHED: "a trial the search suggested"}
 
 
 def is_l1_reference(params: dict[str, Any], searched: Iterable[str]) -> bool:
@@ -37,9 +41,14 @@ def reference_of(params: dict[str, Any], spec: SearchSpec) -> str | None:
     return PAPER if point and all(params.get(name) == value for name, value in point.items()) else None
 
 
+def kind_of(params: dict[str, Any], spec: SearchSpec) -> str:
+    """PAPER, L1_ONLY or SEARCHED: what kind of trial these parameters make."""
+    return reference_of(params, spec) or SEARCHED
+
+
 def reference_records(trials: list[dict[str, Any]], spec: SearchSpec) -> dict[str, dict[str, Any]]:
     """PAPER and L1_ONLY -> what the summary and the model card show of that trial (those that ran):
-    its id, end, params and the val metrics of its best epoch."""
+    its id, end, params and the val metrics of its best epoch (orchestrator.results adds "test")."""
     records = {}
     for trial in trials:
         kind = reference_of(trial["params"], spec)

@@ -9,17 +9,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.table import Table
 
 from orchestrator.endings import EndingsRecord
 from orchestrator.outcomes import EPOCH_KEYS, Ending, EndReason, SearchState, describe_end, end_reason, error_line
-from orchestrator.references import is_l1_reference, reference_records
+from orchestrator.references import KIND_LABELS, kind_of, reference_records
 from orchestrator.spec import SearchSpec, format_duration
 from trainer.checkpoint import BEST_GENERATOR, RunState
+from trainer.data import PairedData
+from trainer.errors import UserError
 from trainer.evaluate import NativeScores, evaluate_generator
 from trainer.export import export_generator
 from trainer.files import write_json
-from trainer.loop import evaluate, pick_device
+from trainer.loop import baseline_metrics, evaluate, pick_device
+from trainer.names import BASELINE_LABELS, IDENTITY
 
 SUMMARY_FILE = "summary.json"
 EXPORT_DIR = "best"  # the best trial's exported generator, in the experiment folder
@@ -111,42 +115,66 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def load_trial_best(results: Any, trial_id: str) -> tuple[RunState, PairedData]:
+    """The trial's best epoch (best_generator.pt of its kept checkpoint) and the data it was scored on."""
+    # as_directory: the folder itself on local storage, a temporary download (removed after) on remote storage
+    with latest_checkpoint(results, trial_id).as_directory() as folder:
+        state = RunState.load(Path(folder) / BEST_GENERATOR)
+        # the split.json saved with the checkpoint: the same split, or an error if the files changed since
+        return state, state.load_data(Path(folder))
+
+
+def score_references(
+    results: Any, references: dict[str, dict[str, Any]], data: PairedData, device: torch.device
+) -> dict[str, dict[str, Any]]:
+    """The reference records with the test metrics of their best epochs (at the model's size, as "test"
+    of the exported model), scored on `data`: the search's one split, which every trial shares."""
+    scored = {}
+    for kind, record in references.items():
+        try:
+            state, _ = load_trial_best(results, record["trial_id"])
+        except (KeyError, UserError):  # it never reported a checkpoint, or its files were removed
+            scored[kind] = {**record, "test": None}
+            continue
+        G = state.generator().to(device)
+        test = evaluate(G, data.splits["test"], state.train_config().val_batch_size, prefix="test")
+        scored[kind] = {**record, "test": test}
+    return scored
+
+
 def export_best(
     results: Any, trials: list[dict[str, Any]], spec: SearchSpec, best_dir: Path, experiment_path: str
 ) -> dict[str, Any] | None:
-    """Evaluate the best trial's best epoch on the test split and export its generator."""
+    """Evaluate the best trial's best epoch on the test split and export its generator. The reference
+    trials compete too (orchestrator.references); the card and the summary say which kind won."""
     # A failed trial is not exported even if it scored before failing: the study holds it as FAIL, and
-    # the exported trial must be the study's best_trial. The L1-only reference is not a candidate
-    # (nor in the study): it is what the candidates are compared with.
-    scored = [
-        t
-        for t in trials
-        if t["best_val_ssim"] is not None
-        and t["status"] != EndReason.FAILED
-        and not is_l1_reference(t["params"], spec.space)
-    ]
+    # the exported trial must be the study's best_trial (or the L1-only reference, not in the study).
+    scored = [t for t in trials if t["best_val_ssim"] is not None and t["status"] != EndReason.FAILED]
     if not scored:
         return None
     best = max(scored, key=lambda t: t["best_val_ssim"])
-    # as_directory: the folder itself on local storage, a temporary download (removed after) on remote storage
-    with latest_checkpoint(results, best["trial_id"]).as_directory() as folder:
-        state = RunState.load(Path(folder) / BEST_GENERATOR)
-        # the split.json saved with the checkpoint: the same split, or an error if the files changed since
-        data = state.load_data(Path(folder))
+    kind = kind_of(best["params"], spec)
+    state, data = load_trial_best(results, best["trial_id"])
     cfg = state.train_config()
-    G = state.generator().to(pick_device("auto"))
+    device = pick_device("auto")
+    G = state.generator().to(device)
     test = evaluate_generator(G, data, cfg, "test", state.epoch)
     metrics = test.card_metrics()  # test, identity_test, test_native, ...: the names the card and summary share
     val_metrics = evaluate(G, data.splits["val"], cfg.val_batch_size, prefix="val")
+    baseline_val, baseline_name = baseline_metrics(data, "val", device, cfg.val_batch_size)
+    references = score_references(results, reference_records(trials, spec), data, device)
     card = {
         "name": "pix2pix-tune generator",
         "trial_id": best["trial_id"],
+        "kind": kind,  # searched, paper or l1_only: which kind of trial won the export
+        "kind_label": KIND_LABELS[kind],
         "epoch": state.epoch,
         "hyperparameters": {k: best["params"][k] for k in spec.space if k in best["params"]},
         "train_config": cfg.to_dict(),
         "val": val_metrics,
+        f"{baseline_name}_val": baseline_val,
         **metrics,
-        "references": reference_records(trials, spec),  # their best epochs' val metrics, beside "val"
+        "references": references,  # their best epochs' val and test metrics, beside "val" and "test"
         "direction": cfg.direction,
         "intensity": data.intensity_record(),
         "test_images": test.pairs,
@@ -165,14 +193,18 @@ def export_best(
     card = export_generator(G.cpu(), best_dir, card, samples=(inputs, targets))
     return {
         "trial_id": best["trial_id"],
+        "kind": kind,
+        "kind_label": KIND_LABELS[kind],
         "params": best["params"],
         "epoch": state.epoch,
         "val": val_metrics,
+        "baseline_val": {"name": baseline_name, **baseline_val},
         "test": metrics["test"],
         "identity_test": metrics["identity_test"],
         "test_native": metrics["test_native"],
         "identity_test_native": metrics["identity_test_native"],
         "native_note": native_note(test.native, metrics["identity_test_native"]),
+        "references": references,
         "export_dir": best_dir.name,
         "card": card,
     }
@@ -215,8 +247,9 @@ def write_summary(
         "wall_seconds": wall_seconds,
         "wandb": wandb,
         "trials": trials,
-        "references": reference_records(trials, spec),
-        "best": {k: v for k, v in best.items() if k != "card"} if best else None,
+        # with their test metrics where the search exported (that is where the test split is scored)
+        "references": best["references"] if best else reference_records(trials, spec),
+        "best": {k: v for k, v in best.items() if k not in ("card", "references")} if best else None,
     }
     write_json(out_dir / SUMMARY_FILE, summary)
     return summary
@@ -238,17 +271,21 @@ def render_summary(summary: dict[str, Any]) -> Table:
         for trial in summary["trials"]:
             table.add_row(f"{trial['trial_id']}: {trial['reason']}")
         return table
-    table.add_column("best trial " + best["trial_id"] + f" (epoch {best['epoch']})")
+    kind = f", {best['kind_label']}" if best.get("kind_label") else ""
+    table.add_column(f"best trial {best['trial_id']}{kind} (epoch {best['epoch']})")
     table.add_column("SSIM", justify="right")
     table.add_column("PSNR dB", justify="right")
     table.add_column("MAE", justify="right")
-    rows = [("val", best["val"], "val")]
-    for reference in summary["references"].values():
-        if reference["val"]:
-            rows.append((f"val, {reference['label']} ({reference['trial_id']})", reference["val"], "val"))
-    rows.append(("test", best["test"], "test"))
-    if best["identity_test"]:
-        rows.append(("test, identity baseline (output = input)", best["identity_test"], "test"))
+    rows = []
+    for split in ("val", "test"):
+        rows.append((split, best[split], split))
+        baseline = best.get("baseline_val") if split == "val" else best["identity_test"]
+        if baseline:
+            name = baseline.get("name", IDENTITY)
+            rows.append((f"{split}, {BASELINE_LABELS[name]} baseline", baseline, split))
+        for reference in summary["references"].values():
+            if reference.get(split):
+                rows.append((f"{split}, {reference['label']} ({reference['trial_id']})", reference[split], split))
     if best.get("test_native"):
         rows.append(("test at the images' own size", best["test_native"], "test"))
     if best.get("identity_test_native"):

@@ -5,7 +5,8 @@ says why two); each holds the full state to continue from (`last.pt`: G, D, both
 the best epoch's generator (`best_generator.pt`) and the split. Once the trial has ended, nothing
 will continue it, so only the latest checkpoint stays, without the full state, and only the
 `keep_generators` best trials keep their best generator (the one the export takes, and the ones a
-user may want to evaluate later). `keep_full_state` keeps everything. Failed and interrupted trials
+user may want to evaluate later), and so do the reference trials, which are scored on the test split
+after the search (orchestrator.references). `keep_full_state` keeps everything. Failed and interrupted trials
 keep everything: `--resume` continues them from `last.pt`.
 
 At 64 px with ngf 32 a full checkpoint is about 90 MB and a generator 29 MB; at 256 px with ngf 64,
@@ -20,14 +21,17 @@ from ray import tune
 
 from orchestrator.endings import TrialEndings
 from orchestrator.outcomes import Ending
+from orchestrator.references import reference_of
+from orchestrator.spec import SearchSpec
 from trainer.checkpoint import BEST_GENERATOR, LAST
 
 
 class CheckpointRetention(tune.Callback):
-    def __init__(self, endings: TrialEndings, keep_generators: int, keep_full_state: bool) -> None:
+    def __init__(self, endings: TrialEndings, spec: SearchSpec) -> None:
         self.endings = endings
-        self.keep_generators = keep_generators
-        self.keep_full_state = keep_full_state
+        self.spec = spec
+        self.keep_generators = spec.search.keep_generators
+        self.keep_full_state = spec.search.keep_full_state
         self.kept: dict[str, tuple[float, str]] = {}  # ended trial -> (best val SSIM, checkpoint path)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -58,6 +62,8 @@ class CheckpointRetention(tune.Callback):
         self.drop_older_checkpoints(trial)
         fs = checkpoint.filesystem
         delete(fs, f"{checkpoint.path}/{LAST}")
+        if reference_of(trial.config, self.spec) is not None:
+            return  # its generator is scored on test after the search, whatever its rank
         self.kept[trial.trial_id] = ((trial.last_result or {}).get("best_val_ssim", float("-inf")), checkpoint.path)
         ranked = sorted(self.kept.items(), key=lambda item: item[1][0], reverse=True)
         for _, (_, path) in ranked[self.keep_generators :]:

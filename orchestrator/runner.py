@@ -28,6 +28,7 @@ from orchestrator.report import publish_wandb_report, write_report
 from orchestrator.report.page import REPORT
 from orchestrator.results import EXPORT_DIR, SUMMARY_FILE, export_best, render_summary, summarize_trials, write_summary
 from orchestrator.retention import CheckpointRetention
+from orchestrator.search_limits import SearchLimits
 from orchestrator.spec import SPEC_FILE, SearchSpec, format_duration, save_spec
 from orchestrator.study import ARTIFACT_DIR, STUDY_FILE, StudyWriter, dashboard_command
 from orchestrator.trainable import TrialSettings, run_trial, scratch_dir
@@ -131,16 +132,21 @@ def checkpoint_config() -> tune.CheckpointConfig:
     return tune.CheckpointConfig(num_to_keep=2)
 
 
+def search_algorithm(spec: SearchSpec) -> SearchLimits:
+    """TPE with the reference trials first, within the spec's number of trials and trials at once."""
+    searcher = ReferenceSearcher(make_searcher(spec), spec.runs_l1_reference)
+    return SearchLimits(searcher, spec.search.num_samples, spec.search.max_concurrent)
+
+
 def build_tuner(
     spec: SearchSpec, name: str, storage_path: str, trainable: Any, epochs: int, callbacks: list[tune.Callback]
 ) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=ReferenceSearcher(make_searcher(spec), spec.runs_l1_reference),
+            search_alg=search_algorithm(spec),
             scheduler=make_scheduler(spec, epochs),
-            num_samples=spec.search.num_samples,
-            max_concurrent_trials=spec.search.max_concurrent,
+            num_samples=spec.search.num_samples,  # SearchLimits enforces it, and max_concurrent
             time_budget_s=spec.search.time_budget or None,  # Tune's TimeoutStopper; it counts across resumes
         ),
         run_config=tune.RunConfig(
@@ -162,19 +168,22 @@ def search_callbacks(
     endings = TrialEndings(spec.search.time_budget, out_dir)
     return [
         endings,
-        CheckpointRetention(endings, spec.search.keep_generators, spec.search.keep_full_state),
+        CheckpointRetention(endings, spec),
         LiveTrialTable(tuple(spec.space), epochs, endings),
         WandbTrialLogger(wandb_mode, wandb_project, name, str(out_dir), spec.train, epochs, endings),
         StudyWriter(str(out_dir), name, spec.distributions(), epochs, endings),
     ]
 
 
-def use_this_runs_callbacks(tuner: tune.Tuner, callbacks: list[tune.Callback]) -> None:
-    """A restored Tuner runs the callbacks it unpickled, built from the first run's flags (its W&B
-    mode, say). Give it this run's, built the same way: Tune then restores their saved state into
-    them, as it checks that their number and types match. Tune has no public setter for this (Ray is
-    pinned to 2.60: its RunConfig lives on the Tuner's internal object)."""
+def use_this_runs_settings(tuner: tune.Tuner, spec: SearchSpec, callbacks: list[tune.Callback]) -> None:
+    """A restored Tuner runs the callbacks and the search algorithm it unpickled, built from the first
+    run's flags (its W&B mode, its number of trials). Give it this run's, built the same way: Tune
+    then restores their saved state into them (it checks that the callbacks' number and types match),
+    and SearchLimits puts this run's num_samples and max_concurrent back over the saved ones. Tune has
+    no public setter for either (Ray is pinned to 2.60: both configs live on the Tuner's internal object)."""
     tuner._local_tuner.get_run_config().callbacks = [*callbacks, *result_loggers()]
+    tuner._local_tuner._tune_config.search_alg = search_algorithm(spec)
+    tuner._local_tuner._tune_config.num_samples = spec.search.num_samples
 
 
 def fetch_saved_spec(out_dir: Path, experiment_path: str) -> Path:
@@ -257,7 +266,7 @@ def run_search(spec: SearchSpec, name: str, storage_path: str, out_dir: Path, ru
         if run.resume:
             console.print(f"resuming {experiment_path}")
             tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
-            use_this_runs_callbacks(tuner, callbacks)
+            use_this_runs_settings(tuner, spec, callbacks)
         else:
             tuner = build_tuner(spec, name, storage_path, trainable, cfg.epochs, callbacks)
         with ctrl_c_stops_the_search():

@@ -13,9 +13,10 @@ import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from orchestrator.outcomes import SearchState
-from orchestrator.spec import DEFAULT_SPEC, SearchSettings, SearchSpec, load_spec
+from orchestrator.spec import DEFAULT_SPEC, SearchSettings, SearchSpec, load_spec, save_spec
 from trainer.cli import OneLineErrorParser, add_dataclass_flags, given_flags
 from trainer.config import TrainConfig
 from trainer.errors import EXIT_INTERRUPTED, UserError, exits_cleanly_on_user_error
@@ -78,22 +79,38 @@ def flag_of(key: str) -> str:
     return f"--{name.replace('_', '-')}" if flagged else key
 
 
+# What a resumed search may change (orchestrator.search_limits applies them); every other setting
+# shapes the trials Tune saved, so a resume refuses to change it.
+CHANGEABLE_ON_RESUME = ("search.num_samples", "search.max_concurrent")
+
+
 def resumed_spec(args: argparse.Namespace, saved_path: Path) -> SearchSpec:
     """The spec a search started with, checked against this run's --config and flags: a resumed
-    search continues the trials Tune saved, so nothing that shapes them may change."""
+    search continues the trials Tune saved, so nothing that shapes them may change. The number of
+    trials and of trials at once may: they are taken from this run, and spec.yaml is updated."""
     saved = load_spec(saved_path)
     asked = spec_from_args(args, load_spec(args.config) if args.config else saved)
-    changed = saved.differences(asked)
+    differences = saved.differences(asked)
+    changed = [key for key in differences if key not in CHANGEABLE_ON_RESUME]
     if changed:
         key = changed[0]
-        section, name = key.split(".", 1)
-        was, now = saved.to_dict()[section].get(name), asked.to_dict()[section].get(name)
         raise UserError(
-            f"{saved_path}: {flag_of(key)} cannot change on --resume (the search started with {was}, not {now}); "
-            "drop it to continue, or start a new search with another --name"
+            f"{saved_path}: {flag_of(key)} cannot change on --resume (the search started with {value_of(saved, key)}, "
+            f"not {value_of(asked, key)}); drop it to continue, or start a new search with another --name"
             + (f" ({len(changed) - 1} more: {', '.join(changed[1:])})" if len(changed) > 1 else "")
         )
-    return saved
+    if not differences:
+        return saved
+    for key in differences:
+        print(f"resuming with {flag_of(key)} {value_of(asked, key)} (was {value_of(saved, key)}); {saved_path} updated")
+    resumed = saved.with_overrides({}, {key.split(".", 1)[1]: value_of(asked, key) for key in differences})
+    save_spec(resumed, saved_path.parent)
+    return resumed
+
+
+def value_of(spec: SearchSpec, key: str) -> Any:
+    section, name = key.split(".", 1)
+    return spec.to_dict()[section].get(name)
 
 
 def resume_command(name: str, storage_path: str) -> str:

@@ -22,6 +22,8 @@ from PIL import Image
 
 from orchestrator import report
 from orchestrator.report import cli, load, plots
+from orchestrator.report.page import val_ssim_lines
+from orchestrator.report.text import fmt
 from orchestrator.report.wandb_report import build_wandb_report
 from orchestrator.spec import Param
 from orchestrator.study import load_study, write_study
@@ -104,8 +106,11 @@ def reference_records(trials: list[dict]) -> dict[str, dict]:
             "params": t["params"],
             "best_epoch": t["best_epoch"],
             "val": {"val_ssim": t["best_val_ssim"], "val_psnr": 15.5, "val_mae": 0.2},
+            "test": {"test_ssim": test_ssim, "test_psnr": 16.25, "test_mae": 0.175},
         }
-        for (kind, label), t in zip(labels.items(), [t for t in trials if t["best_val_ssim"] is not None])
+        for (kind, label), t, test_ssim in zip(
+            labels.items(), [t for t in trials if t["best_val_ssim"] is not None], (0.8831, 0.8972)
+        )
     }
 
 
@@ -117,9 +122,12 @@ def make_experiment(folder: Path, trials: list[dict], with_best: bool = True, wi
     if best_trial is not None:
         best = {
             "trial_id": best_trial["trial_id"],
+            "kind": "searched",
+            "kind_label": "a trial the search suggested",
             "params": best_trial["params"],
             "epoch": best_trial["best_epoch"],
             "val": {"val_ssim": best_trial["best_val_ssim"], "val_psnr": 17.0, "val_mae": 0.1},
+            "baseline_val": {"name": "identity", "val_ssim": 0.6125, "val_psnr": 14.0, "val_mae": 0.3},
             "test": {"test_ssim": 0.91, "test_psnr": 21.3, "test_mae": 0.06},
             "identity_test": {"test_ssim": 0.874, "test_psnr": 17.7, "test_mae": 0.132},
             "export_dir": "best",
@@ -230,9 +238,20 @@ def test_the_best_trial_is_shown_beside_both_references(page: str, experiment: P
     summary = json.loads((experiment / "summary.json").read_text())
     section = page[page.index("Best trial against the references") :]
     table = section[: section.index("</table>")]
-    assert "best trial (exported)" in table and summary["best"]["trial_id"] in table
+    assert "best trial (exported): a trial the search suggested" in table and summary["best"]["trial_id"] in table
     for record in summary["references"].values():
         assert record["label"] in html.unescape(table) and record["trial_id"] in table
+        assert fmt(record["test"]["test_ssim"]) in table and fmt(record["val"]["val_ssim"]) in table
+
+
+def test_the_curves_plot_draws_the_baseline_and_both_references_across(experiment: Path) -> None:
+    summary = json.loads((experiment / "summary.json").read_text())
+    paper, l1_only = summary["references"]["paper"], summary["references"]["l1_only"]
+    assert val_ssim_lines(summary) == [
+        ("identity (output = input) baseline", 0.6125),
+        (paper["label"], paper["val"]["val_ssim"]),
+        (l1_only["label"], l1_only["val"]["val_ssim"]),
+    ]
 
 
 def test_test_metrics_table_compares_with_identity(page: str) -> None:

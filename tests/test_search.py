@@ -22,8 +22,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from orchestrator import search
 from orchestrator.runner import resolve_epochs
 from orchestrator.spec import DEFAULT_SPEC, load_spec, parse_duration, save_spec
-from trainer.checkpoint import BEST_GENERATOR, LAST, load_torch
-from trainer.data import load_paired_data
+from trainer.checkpoint import BEST_GENERATOR, LAST, RunState, load_torch
+from trainer.data import PairedImages, load_paired_data
 from trainer.export import CARD, ONNX, SAMPLES, WEIGHTS, load_generator
 
 
@@ -64,8 +64,11 @@ def test_ended_trials_keep_only_the_best_generators(finished_search: Path) -> No
     spec = load_spec(TINY)
     trial_dirs = sorted(finished_search.glob("run_trial_*"))
     assert len(trial_dirs) == spec.search.num_samples
-    ranked = sorted(summary["trials"], key=lambda t: t["best_val_ssim"], reverse=True)
-    keeps = {t["trial_id"] for t in ranked[: spec.search.keep_generators]}
+    references = {r["trial_id"] for r in summary["references"].values()}  # scored on test after the search
+    searched = sorted(
+        (t for t in summary["trials"] if t["trial_id"] not in references), key=lambda t: -t["best_val_ssim"]
+    )
+    keeps = references | {t["trial_id"] for t in searched[: spec.search.keep_generators]}
     assert len(keeps) < len(trial_dirs)  # the tiny spec has a trial to drop
     for trial_dir in trial_dirs:
         trial = next(t for t in summary["trials"] if trial_dir.name.startswith(f"run_trial_{t['trial_id']}"))
@@ -87,9 +90,12 @@ def test_optuna_study_agrees_with_the_export_and_the_trials(finished_search: Pat
     l1_only = summary["references"]["l1_only"]["trial_id"]  # no point of the space: not in the study
     trials = {t["trial_id"]: t for t in summary["trials"] if t["trial_id"] != l1_only}
     assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(trials)
+    best_in_study = max(trials.values(), key=lambda t: t["best_val_ssim"])
+    assert study.best_trial.user_attrs["trial_id"] == best_in_study["trial_id"]
     card = json.loads((finished_search / "best" / CARD).read_text())
-    assert study.best_trial.user_attrs["trial_id"] == card["trial_id"]
-    assert study.best_trial.value == pytest.approx(card["val"]["val_ssim"], abs=1e-5)
+    if card["kind"] != "l1_only":  # the export, unless the reference outside the study won it
+        assert study.best_trial.user_attrs["trial_id"] == card["trial_id"]
+        assert study.best_trial.value == pytest.approx(card["val"]["val_ssim"], abs=1e-5)
     store = optuna.artifacts.FileSystemArtifactStore(str(finished_search / "optuna_artifacts"))
     for trial in study.trials:  # stopped trials too: a value, every epoch, and how they ended
         record = trials[trial.user_attrs["trial_id"]]
@@ -107,10 +113,11 @@ def test_optuna_study_agrees_with_the_export_and_the_trials(finished_search: Pat
 
 def test_export_is_the_best_epoch_of_the_best_trial(finished_search: Path) -> None:
     summary = json.loads((finished_search / "summary.json").read_text())
-    l1_only = summary["references"]["l1_only"]["trial_id"]  # a reference, never exported
-    best_trial = max((t for t in summary["trials"] if t["trial_id"] != l1_only), key=lambda t: t["best_val_ssim"])
+    best_trial = max(summary["trials"], key=lambda t: t["best_val_ssim"])  # the references compete too
     card = json.loads((finished_search / "best" / CARD).read_text())
     assert card["trial_id"] == best_trial["trial_id"]
+    kinds = {r["trial_id"]: kind for kind, r in summary["references"].items()}
+    assert card["kind"] == summary["best"]["kind"] == kinds.get(best_trial["trial_id"], "searched")
     assert card["epoch"] == best_trial["best_epoch"]
     assert card["val"]["val_ssim"] == pytest.approx(best_trial["best_val_ssim"], abs=1e-5)
     for name in ("lambda_l1", "dropout", "lr_G", "lr_D"):
@@ -131,14 +138,26 @@ def test_the_search_runs_the_papers_settings_first_then_without_the_discriminato
     l1_only = trials[references["l1_only"]["trial_id"]]
     assert l1_only["params"] == {**paper, "gan_weight": 0.0}
     assert all("G_GAN" not in row and row["G_L1"] is not None for row in l1_only["history"]), "it trained without D"
+    cfg = load_spec(TINY).trial_config({})
+    test = load_paired_data(cfg.data, cfg.size, cfg.split_seed).splits["test"]
     for reference in references.values():
         trial = trials[reference["trial_id"]]
         assert reference["val"]["val_ssim"] == pytest.approx(trial["best_val_ssim"])
+        # its best epoch scored on test, recomputed with scikit-image from the generator it kept
+        (kept,) = finished_search.glob(f"run_trial_{reference['trial_id']}*/checkpoint_*/{BEST_GENERATOR}")
+        state = RunState.load(kept)
+        assert state.epoch == reference["best_epoch"]
+        ssim, psnr, mae = skimage_scores(state.generator(), test)
+        assert reference["test"]["test_ssim"] == pytest.approx(ssim, abs=1e-3)
+        assert reference["test"]["test_mae"] == pytest.approx(mae, abs=1e-3)
     card = json.loads((finished_search / "best" / CARD).read_text())
     assert card["references"] == references
+    assert card["identity_val"]["val_ssim"] == summary["best"]["baseline_val"]["val_ssim"]
     body = (finished_search / "best" / "README.md").read_text()
     assert "L1 only (paper's settings, no discriminator)" in body
     assert f"{references['l1_only']['val']['val_ssim']:.4f}" in body
+    assert f"{references['l1_only']['test']['test_ssim']:.4f}" in body
+    assert card["kind_label"] in body
 
 
 def test_readme_model_card_holds_the_numbers_of_model_card_json(finished_search: Path) -> None:
@@ -184,23 +203,29 @@ def test_exported_weights_load_safely_and_onnx_matches(finished_search: Path) ->
         assert torch.allclose(scripted(x), torch.from_numpy(expected), atol=1e-5)
 
 
-def test_card_test_metrics_equal_an_independent_skimage_recomputation(finished_search: Path) -> None:
-    G, card = load_generator(finished_search / "best")
-    cfg = card["train_config"]
-    test = load_paired_data(cfg["data"], cfg["size"], cfg["split_seed"]).splits["test"]
-    assert len(test) == card["test_images"]
+def skimage_scores(G: torch.nn.Module, images: PairedImages) -> tuple[float, float, float]:
+    """Mean SSIM, PSNR and MAE of G's outputs over `images`, one image at a time, by scikit-image."""
     ssim, psnr, mae = [], [], []
-    for i in range(len(test)):
-        a, b = test.batch(torch.tensor([i]))
+    for i in range(len(images)):
+        a, b = images.batch(torch.tensor([i]))
         with torch.no_grad():
             out = G(a)[0].permute(1, 2, 0).double().numpy()
         target = b[0].permute(1, 2, 0).double().numpy()
         ssim.append(structural_similarity(target, out, data_range=2.0, channel_axis=2))
         psnr.append(peak_signal_noise_ratio(target, out, data_range=2.0))
         mae.append(np.abs(target - out).mean())
-    assert card["test"]["test_ssim"] == pytest.approx(np.mean(ssim), abs=1e-3)
-    assert card["test"]["test_psnr"] == pytest.approx(np.mean(psnr), abs=1e-3)
-    assert card["test"]["test_mae"] == pytest.approx(np.mean(mae), abs=1e-3)
+    return float(np.mean(ssim)), float(np.mean(psnr)), float(np.mean(mae))
+
+
+def test_card_test_metrics_equal_an_independent_skimage_recomputation(finished_search: Path) -> None:
+    G, card = load_generator(finished_search / "best")
+    cfg = card["train_config"]
+    test = load_paired_data(cfg["data"], cfg["size"], cfg["split_seed"]).splits["test"]
+    assert len(test) == card["test_images"]
+    ssim, psnr, mae = skimage_scores(G, test)
+    assert card["test"]["test_ssim"] == pytest.approx(ssim, abs=1e-3)
+    assert card["test"]["test_psnr"] == pytest.approx(psnr, abs=1e-3)
+    assert card["test"]["test_mae"] == pytest.approx(mae, abs=1e-3)
     assert card["identity_test"]["test_ssim"] < 1.0  # glyph pairs differ: the baseline is finite
 
 
@@ -286,7 +311,8 @@ def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path
 def test_ctrl_c_stops_cleanly_and_the_printed_command_finishes_the_search(tmp_path: Path) -> None:
     """A real SIGINT to the driver's process group, as a terminal's Ctrl-C sends it, once a trial
     has reported an epoch: exit 130, nothing exported, the trials recorded as interrupted, and the
-    printed command continues the search to its end with this run's W&B mode (off, not offline)."""
+    printed command continues the search to its end with this run's W&B mode (off, not offline) and
+    number of trials (3, not 2)."""
     # Without the L1-only reference, which the study leaves out: both trials are the study's.
     flags = ["--wandb", "offline", "--num-samples", "2", "--epochs", "4", "--stop-patience", "0", "--no-l1-reference"]
     command = search_command(tmp_path, "ctrl-c", *flags)
@@ -314,13 +340,17 @@ def test_ctrl_c_stops_cleanly_and_the_printed_command_finishes_the_search(tmp_pa
 
     resume = stderr.strip().splitlines()[-1].split()
     assert resume[:3] == ["python", "-m", "orchestrator.search"] and "--resume" in resume
+    # W&B mode and the number of trials may change on a resume; the study's sampler goes on where it was.
+    more = ["--wandb", "off", "--num-samples", "3"]
     resumed = subprocess.run(
-        [sys.executable, *resume[1:], "--wandb", "off"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400
+        [sys.executable, *resume[1:], *more], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming with --num-samples 3 (was 2)" in resumed.stdout
+    assert load_spec(experiment / "spec.yaml").search.num_samples == 3
     summary = json.loads((experiment / "summary.json").read_text())
     assert summary["state"] == "finished" and summary["best"] is not None
-    assert len(summary["trials"]) == 2 and all(t["status"] != "interrupted" for t in summary["trials"])
+    assert len(summary["trials"]) == 3 and all(t["status"] != "interrupted" for t in summary["trials"])
     assert sorted(p.name for p in (experiment / "wandb").glob("offline-run-*")) == wandb_runs
 
 
@@ -329,7 +359,7 @@ def test_ctrl_c_stops_cleanly_and_the_printed_command_finishes_the_search(tmp_pa
     ("flags", "expected"),
     [
         (["--epochs", "4"], "--epochs cannot change on --resume (the search started with 3, not 4)"),
-        (["--num-samples", "6"], "--num-samples cannot change on --resume (the search started with 4, not 6)"),
+        (["--grace-period", "2"], "--grace-period cannot change on --resume (the search started with 1, not 2)"),
         (["--config", "OTHER"], "train.ngf cannot change on --resume (the search started with 8, not 16)"),
     ],
 )

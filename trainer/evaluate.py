@@ -28,9 +28,6 @@ from trainer.data.volumes import read_subject
 from trainer.errors import UserError, exits_cleanly_on_user_error
 from trainer.files import check_output_file
 from trainer.loop import (
-    BASELINE_LABELS,
-    IDENTITY,
-    MEAN_IMAGE,
     baseline_metrics,
     evaluate,
     mean_image,
@@ -40,7 +37,7 @@ from trainer.loop import (
 from trainer.metrics import per_image_metrics, volume_metrics
 from trainer.model_card import describe_sizes
 from trainer.models import UNetGenerator
-from trainer.names import METRIC_NAMES
+from trainer.names import BASELINE_LABELS, IDENTITY, MEAN_IMAGE, METRIC_NAMES
 from trainer.predict import to_image, to_unit, translate_ras
 from trainer.train import METRIC_LABELS, comparison_table
 from trainer.visualize import save_grid

@@ -28,12 +28,10 @@ from trainer.errors import TrainingDiverged, UserError
 from trainer.files import copy_atomic
 from trainer.metrics import per_image_metrics
 from trainer.models import PatchDiscriminator, UNetGenerator, init_weights
-from trainer.names import LOSS_NAMES, METRIC_NAMES
+from trainer.names import IDENTITY, LOSS_NAMES, MEAN_IMAGE, METRIC_NAMES
 
 StepCallback = Callable[[int, int, int], None]  # (epoch, step within epoch, steps per epoch)
 COMPILE_MIN_STEPS = 500  # compile: auto needs a run at least this long to repay a cold compile
-IDENTITY, MEAN_IMAGE = "identity", "mean_image"  # the baselines a model must beat
-BASELINE_LABELS = {IDENTITY: "identity (output = input)", MEAN_IMAGE: "mean image (output = mean training target)"}
 
 
 @dataclass

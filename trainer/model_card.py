@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from trainer.names import BASELINE_LABELS
+
 METRICS = (("ssim", "SSIM", "higher is better"), ("psnr", "PSNR (dB)", "higher is better"), ("mae", "MAE", "lower"))
 TAGS = ("pix2pix", "image-to-image", "gan", "u-net", "onnx", "safetensors")
 
@@ -73,6 +75,8 @@ def body(card: dict[str, Any], config: dict[str, Any]) -> list[str]:
     out += ["", *limitations_section(card, config), "", "## Files", ""]
     out += [f"- `{name}`" for name in card.get("files", [])]
     provenance = [f"trial `{card['trial_id']}`" if card.get("trial_id") else ""]
+    if card.get("kind_label"):  # a search's export: the best on val SSIM of its trials and reference trials
+        provenance.append(f"{card['kind_label']}, the best on validation SSIM among the search's trials")
     provenance.append(f"epoch {card['epoch']}" if card.get("epoch") else "")
     versions = card.get("versions") or {}
     if any(provenance) or versions:
@@ -105,9 +109,17 @@ def metrics_section(card: dict[str, Any]) -> list[str]:
             rows.append(
                 [f"test at the images' own size ({sizes}), identity baseline", *values(native_identity, "test")]
             )
+    references = (card.get("references") or {}).values()  # the search's reference trials (orchestrator)
+    for reference in references:
+        if reference.get("test"):
+            label = f"test, {reference['label']} (trial `{reference['trial_id']}`, best epoch)"
+            rows.append([label, *values(reference["test"], "test")])
     if val:
         rows.append(["validation, model", *values(val, "val")])
-    for reference in (card.get("references") or {}).values():  # the search's reference trials (orchestrator)
+    for name, label in BASELINE_LABELS.items():
+        if card.get(f"{name}_val"):
+            rows.append([f"validation, {label} baseline", *values(card[f"{name}_val"], "val")])
+    for reference in references:
         if reference.get("val"):
             label = f"validation, {reference['label']} (trial `{reference['trial_id']}`, best epoch)"
             rows.append([label, *values(reference["val"], "val")])

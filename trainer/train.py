@@ -22,8 +22,8 @@ from trainer.cli import OneLineErrorParser, add_dataclass_flags
 from trainer.config import TrainConfig
 from trainer.data import PairedData, load_run_data
 from trainer.errors import EXIT_INTERRUPTED, TrainingDiverged, UserError, exits_cleanly_on_user_error
-from trainer.loop import BASELINE_LABELS, EpochResult, baseline_metrics, pick_device, train
-from trainer.names import LOSS_NAMES, METRIC_NAMES
+from trainer.loop import EpochResult, baseline_metrics, pick_device, train
+from trainer.names import BASELINE_LABELS, LOSS_NAMES, METRIC_NAMES
 
 EXIT_DIVERGED = 1
 METRIC_LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "mae": "MAE"}

@@ -22,6 +22,7 @@ from orchestrator.report.load import Experiment, best_trial_id, load_experiment,
 from orchestrator.report.text import fmt, format_duration
 from orchestrator.wandb_offline import WandbLogError, find_runs, read_run
 from trainer.files import write_atomic_text
+from trainer.names import BASELINE_LABELS, METRIC_NAMES
 
 REPORT = "report.html"
 TEMPLATE = "page.html.j2"
@@ -109,7 +110,8 @@ def header_facts(summary: dict[str, Any], best_id: str | None) -> list[tuple[str
         trial = next((t for t in trials if str(t["trial_id"]) == best_id), {})
         ssim = val if val is not None else trial.get(SEARCH_METRIC)
         epoch = best.get("epoch", trial.get("best_epoch"))
-        best_text = f"{best_id}: val SSIM {fmt(ssim)} at epoch {fmt(epoch)}"
+        kind = f" ({best['kind_label']})" if best.get("kind_label") else ""
+        best_text = f"{best_id}{kind}: val SSIM {fmt(ssim)} at epoch {fmt(epoch)}"
     return [
         ("Data", str(summary.get("data", "—"))),
         ("Trials", f"{len(trials)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"),
@@ -122,17 +124,31 @@ def header_facts(summary: dict[str, Any], best_id: str | None) -> list[tuple[str
 
 def curves_section(summary: dict[str, Any], best_id: str | None) -> Section:
     title = "Validation SSIM per epoch"
-    png = plots.plot_val_ssim(summary["trials"], best_id, summary.get("references") or {})
+    png = plots.plot_val_ssim(summary["trials"], best_id, val_ssim_lines(summary))
     if png is None:
         return Section(title, notes=["No trial completed an epoch."])
     caption = (
         "Each line is one trial, coloured and marked by how it ended (trials that ended early are drawn on top, "
         "with a marker on every epoch); the star is the best trial's best epoch. The axis starts at the "
         f"{plots.CURVES_LOW_QUANTILE:.0%} quantile of all epochs' values: lower early epochs run off the bottom, "
-        "and a trial that ended below it has its end marker on the bottom edge. Dashed lines: the best val SSIM "
-        "of the reference trials (the paper's settings, and the same without the discriminator)."
+        "and a trial that ended below it has its end marker on the bottom edge. Dashed lines: the val SSIM of the "
+        "baseline and the best val SSIM of the reference trials (the paper's settings, and the same without the "
+        "discriminator); a trial under the baseline has learned nothing useful."
     )
     return Section(title, images=[Image(png, "validation SSIM per epoch for every trial", caption)])
+
+
+def val_ssim_lines(summary: dict[str, Any]) -> list[tuple[str, float]]:
+    """(label, val SSIM) of the baseline and of each reference trial's best epoch, those known."""
+    baseline = (summary.get("best") or {}).get("baseline_val") or {}
+    lines = []
+    if baseline.get("val_ssim") is not None:
+        lines.append((f"{BASELINE_LABELS[baseline['name']]} baseline", baseline["val_ssim"]))
+    for record in (summary.get("references") or {}).values():
+        value = (record.get("val") or {}).get("val_ssim")
+        if isinstance(value, (int, float)):
+            lines.append((record["label"], value))
+    return lines
 
 
 def parameters_section(summary: dict[str, Any], names: list[str], best_id: str | None) -> Section:
@@ -204,8 +220,8 @@ def test_metrics_section(best: dict[str, Any] | None) -> Section:
 
 
 def references_section(summary: dict[str, Any]) -> Section:
-    """The best trial beside the reference trials every search runs first, on val: did the search
-    find anything better than the paper's settings, and did the GAN beat plain L1 regression?"""
+    """The best trial beside the reference trials every search runs first, on val and test: did the
+    search find anything better than the paper's settings, and did the GAN beat plain L1 regression?"""
     title = "Best trial against the references"
     references = summary.get("references") or {}
     if not references:
@@ -213,16 +229,28 @@ def references_section(summary: dict[str, Any]) -> Section:
     best = summary.get("best") or {}
     rows = []
     if best:
-        rows.append(["best trial (exported)", best["trial_id"], "", best.get("epoch"), *val_row(best.get("val"))])
+        label = f"best trial (exported): {best['kind_label']}" if best.get("kind_label") else "best trial (exported)"
+        row = [label, best["trial_id"], "", best.get("epoch")]
+        rows.append([*row, *metric_row(best, "val"), *metric_row(best, "test")])
     for record in references.values():
         row = [record["label"], record["trial_id"], record["status"], record["best_epoch"]]
-        rows.append([*row, *val_row(record.get("val"))])
-    headers = ["", "trial", "status", "best epoch", "val SSIM", "val PSNR (dB)", "val MAE"]
-    return Section(title, tables=[Table(headers, rows, [i == 0 and bool(best) for i in range(len(rows))])])
+        rows.append([*row, *metric_row(record, "val"), *metric_row(record, "test")])
+    metrics = [f"{split} {head}" for split in ("val", "test") for head in METRIC_HEADS]
+    headers = ["", "trial", "status", "best epoch", *metrics]
+    notes = [
+        "The export is the best trial on val SSIM among all trials, the references included. Test metrics are "
+        "scored after the search on each trial's best epoch; a reference without them had no saved generator."
+    ]
+    return Section(title, notes=notes, tables=[Table(headers, rows, [i == 0 and bool(best) for i in range(len(rows))])])
 
 
-def val_row(val: dict[str, float] | None) -> list[Any]:
-    return [(val or {}).get(f"val_{m}") for m in ("ssim", "psnr", "mae")]
+METRIC_HEADS = ("SSIM", "PSNR (dB)", "MAE")
+
+
+def metric_row(record: dict[str, Any], split: str) -> list[Any]:
+    """SSIM, PSNR and MAE of a split in a summary record (its `val` or `test` entry), None where unknown."""
+    values = record.get(split) or {}
+    return [values.get(f"{split}_{m}") for m in METRIC_NAMES]
 
 
 def trials_section(summary: dict[str, Any], names: list[str], best_id: str | None) -> Section:

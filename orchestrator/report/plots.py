@@ -42,7 +42,7 @@ BEST_STAR = {"marker": "*", "color": "gold", "markeredgecolor": "black", "marker
 # The val SSIM axis starts at this quantile of all epochs' values: early epochs of every trial sit far
 # below the good trials, and scaling to them squeezes the trials that matter into the top of the plot.
 CURVES_LOW_QUANTILE = 0.25
-REFERENCE_DASHES = ("--", ":")  # the paper's settings, L1 only: best val SSIM as horizontal lines
+LINE_DASHES = ("-.", "--", ":")  # the baseline, the paper's settings, L1 only: val SSIM as horizontal lines
 
 
 def style(status: str) -> Style:
@@ -87,8 +87,12 @@ def curves_y_limits(curves: list[list[float]]) -> tuple[float, float]:
 
 
 def plot_val_ssim(
-    trials: list[dict[str, Any]], best_id: str | None, references: dict[str, dict[str, Any]]
+    trials: list[dict[str, Any]],
+    best_id: str | None,
+    lines: list[tuple[str, float]],
 ) -> bytes | None:
+    """Every trial's val SSIM per epoch; `lines` (label, value) are drawn across as dashed lines: the
+    baseline's and the reference trials' val SSIM, so one sees which trials learned anything."""
     curves = [(t, [h for h in t.get("history", []) if isinstance(h.get("val_ssim"), (int, float))]) for t in trials]
     curves = [(t, h) for t, h in curves if h]
     if not curves:
@@ -130,11 +134,9 @@ def plot_val_ssim(
         if is_best and trial.get("best_epoch") in epochs:
             ax.plot(trial["best_epoch"], values[epochs.index(trial["best_epoch"])], zorder=6, **BEST_STAR)
     handles = status_handles(t.get("status", "") for t, _ in curves)
-    for record, dash in zip(references.values(), REFERENCE_DASHES):
-        value = (record.get("val") or {}).get("val_ssim")
-        if isinstance(value, (int, float)):
-            ax.axhline(min(max(value, low), high), color="0.35", linestyle=dash, linewidth=1.2, zorder=1)
-            handles.append(Line2D([], [], color="0.35", linestyle=dash, label=f"{record['label']}: {value:.3f}"))
+    for (label, value), dash in zip(lines, LINE_DASHES):
+        ax.axhline(min(max(value, low), high), color="0.35", linestyle=dash, linewidth=1.2, zorder=1)
+        handles.append(Line2D([], [], color="0.35", linestyle=dash, label=f"{label}: {value:.3f}"))
     ax.set_ylim(low, high)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation SSIM")
