@@ -302,6 +302,9 @@ def test_val_ssim_axis_starts_at_a_quantile_not_the_worst_epoch() -> None:
     curves = [[0.3, 0.7, 0.85, 0.88, 0.9, 0.91]] * 6 + [[0.31, 0.8, 0.86, 0.87]]
     low, high = plots.curves_y_limits(curves)
     assert 0.6 < low < 0.8 and 0.91 < high < 0.95
+    # A baseline (or reference) line far from the curves widens the axis: it is never clipped away.
+    low, high = plots.curves_y_limits(curves, [0.5, 0.97])
+    assert low < 0.5 and high > 0.97
 
 
 @pytest.mark.parametrize("low, high", [(1e-5, 1e-3), (10.0, 500.0), (1e-6, 1.0)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,9 +79,12 @@ def short_number(value: float, _position: object = None) -> str:
     return f"{value:g}"
 
 
-def curves_y_limits(curves: list[list[float]]) -> tuple[float, float]:
+def curves_y_limits(curves: list[list[float]], lines: Sequence[float] = ()) -> tuple[float, float]:
+    """From the low quantile of the curves' values to their top, widened to show every line (the
+    baseline above all: trials far under it is the plot's message, not something to clip away)."""
     values = np.concatenate([np.asarray(c, dtype=float) for c in curves])
     low, high = float(np.quantile(values, CURVES_LOW_QUANTILE)), float(values.max())
+    low, high = min([low, *lines]), max([high, *lines])
     pad = 0.06 * (high - low) or 0.01
     return low - pad, high + pad
 
@@ -99,7 +102,7 @@ def plot_val_ssim(
         return None
     fig = Figure(figsize=(10, 4.8), layout="constrained")
     ax = fig.subplots()
-    low, high = curves_y_limits([[h["val_ssim"] for h in history] for _, history in curves])
+    low, high = curves_y_limits([[h["val_ssim"] for h in history] for _, history in curves], [v for _, v in lines])
     for trial, history in curves:
         epochs = [h["epoch"] for h in history]
         values = [h["val_ssim"] for h in history]
