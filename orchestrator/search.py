@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.outcomes import SearchState
-from orchestrator.spec import DEFAULT_SPEC, SearchSettings, SearchSpec, load_spec, save_spec
+from orchestrator.spec import AUTO_EPOCHS, DEFAULT_SPEC, SearchSettings, SearchSpec, epochs_flag, load_spec, save_spec
 from trainer.cli import OneLineErrorParser, add_dataclass_flags, given_flags
 from trainer.config import TrainConfig
 from trainer.errors import EXIT_INTERRUPTED, UserError, exits_cleanly_on_user_error
@@ -58,7 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="W&B logging (default: online when an API key is configured, else offline); may change on --resume",
     )
     p.add_argument("--wandb-project", default=WANDB_PROJECT, help=f"W&B project (default: {WANDB_PROJECT})")
-    add_dataclass_flags(p, TrainConfig, "trainer settings (override the spec's train section)", only=TRAIN_FLAGS)
+    add_dataclass_flags(
+        p,
+        TrainConfig,
+        "trainer settings (override the spec's train section)",
+        only=TRAIN_FLAGS,
+        types={"epochs": (epochs_flag, f"N|{AUTO_EPOCHS}")},  # a search also takes auto (spec.py)
+    )
     add_dataclass_flags(p, SearchSettings, "search settings (override the spec's search section)")
     return p
 

@@ -9,6 +9,7 @@ A spec that loads is a spec that runs: every mistake is reported here, naming th
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import re
@@ -61,6 +62,18 @@ UNSEARCHABLE = {
 }
 SPEC_FILE = "spec.yaml"  # the spec of a search, in its experiment folder
 AUTO_EPOCHS = "auto"  # train.epochs: enough epochs to see search.min_train_images training pairs
+
+
+def epochs_flag(text: str) -> int | str:
+    """--epochs of a search: a number of epochs, or auto."""
+    if text == AUTO_EPOCHS:
+        return AUTO_EPOCHS
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of epochs nor {AUTO_EPOCHS}") from None
+
+
 # The paper's settings (Isola et al. 2017), which TrainConfig's defaults hold: every search runs them
 # first (orchestrator.references), so a space must include them.
 PAPER_PARAMETERS = ("lambda_l1", "dropout", "lr_G", "lr_D", "beta1")

@@ -437,6 +437,9 @@ def test_epochs_auto_gives_each_trial_min_train_images_and_at_least_the_grace_pe
     explicit = spec.with_overrides({"epochs": 5}, {})
     assert not explicit.epochs_auto and resolve_epochs(explicit) == explicit
     assert explicit.trial_config({}).epochs == 5 and explicit.describe_epochs() == "5 epochs"
+    # and back from the command line, as the spec writes it
+    back = search.spec_from_args(search.parse_args(["--epochs", "auto"]), explicit)
+    assert back.epochs_auto and back.with_epochs_for(235).trial_config({}).epochs == 28
 
 
 @pytest.mark.fast

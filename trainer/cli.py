@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NoReturn, get_args, get_type_hints
 
 from trainer.errors import UserError
@@ -18,11 +19,16 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def add_dataclass_flags(
-    parser: argparse.ArgumentParser, cls: type, title: str, only: tuple[str, ...] | None = None
+    parser: argparse.ArgumentParser,
+    cls: type,
+    title: str,
+    only: tuple[str, ...] | None = None,
+    types: dict[str, tuple[Callable[[str], Any], str]] | None = None,
 ) -> None:
     """One flag per field of `cls` (or of the fields named in `only`), from the field's metadata
     (trainer.config.opt). Unset flags stay absent from the namespace (argparse.SUPPRESS), so the
-    dataclass supplies every default and a caller can tell what the user actually passed."""
+    dataclass supplies every default and a caller can tell what the user actually passed. `types`
+    gives a field's flag another parser and metavar, where a command accepts more than the field's type."""
     hints = get_type_hints(cls)
     group = parser.add_argument_group(title)
     for field in dataclasses.fields(cls):
@@ -38,13 +44,15 @@ def add_dataclass_flags(
         }
         choices = get_args(hints[field.name])
         flag_type = field.metadata.get("flag_type") or type(field.default)
+        metavar = field.metadata.get("metavar") or flag_type.__name__.upper()
+        flag_type, metavar = (types or {}).get(field.name, (flag_type, metavar))
         if isinstance(field.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif choices:
             kwargs["choices"] = choices
         else:
             kwargs["type"] = flag_type
-            kwargs["metavar"] = field.metadata.get("metavar") or flag_type.__name__.upper()
+            kwargs["metavar"] = metavar
         group.add_argument(*names, **kwargs)
 
 
