@@ -35,7 +35,7 @@ from orchestrator.trainable import TrialSettings, run_trial, scratch_dir
 from orchestrator.wandb_callback import WandbTrialLogger
 from orchestrator.wandb_logging import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
 from trainer.config import TrainConfig
-from trainer.data import load_run_data
+from trainer.data import count_train_pairs
 from trainer.errors import UserError
 
 console = Console()
@@ -74,12 +74,11 @@ def use_a_token_of_this_search() -> None:
 
 def resolve_epochs(spec: SearchSpec) -> SearchSpec:
     """`epochs: auto` as a number, once, before any trial starts: ASHA's max_t, the end reasons and
-    every trial need the same one. The training split is loaded the way a trial loads it (data,
-    split seed, size, max_train_images, volumes sliced), without training."""
+    every trial need the same one. The training split is counted the way a trial loads it (data,
+    split seed, max_train_images, volumes sliced), without training."""
     if not spec.epochs_auto:
         return spec
-    data = load_run_data(TrainConfig.from_dict(spec.fixed_settings(), source=spec.source), None)
-    return spec.with_epochs_for(len(data.splits["train"]))
+    return spec.with_epochs_for(count_train_pairs(TrainConfig.from_dict(spec.fixed_settings(), source=spec.source)))
 
 
 def make_searcher(spec: SearchSpec) -> OptunaSearch:

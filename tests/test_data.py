@@ -19,12 +19,14 @@ from conftest import PairedFolder
 
 from trainer import train as train_cli
 from trainer.builtin import builtin_root
+from trainer.config import TrainConfig
 from trainer.data import (
     PNG_SIGNATURE,
     SPLIT_FILE,
     SPLITS,
     PairedData,
     augment,
+    count_train_pairs,
     find_splits,
     load_paired_data,
     png_bytes,
@@ -114,8 +116,13 @@ def test_split_sub_folders_must_all_exist(paired_folder: MakeFolder, tmp_path: P
 
 
 def test_max_train_images_bounds_the_training_split(paired_folder: MakeFolder) -> None:
-    data = load_paired_data(str(paired_folder(count=20).root), 32, max_train_images=5)
+    root = str(paired_folder(count=20).root)
+    data = load_paired_data(root, 32, max_train_images=5)
     assert len(data.splits["train"]) == 5 and len(data.splits["val"]) == 3
+    # what epochs: auto counts from the file listing alone, without decoding
+    everything = load_paired_data(root, 32)
+    assert count_train_pairs(TrainConfig(data=root, size=32)) == len(everything.splits["train"]) > 5
+    assert count_train_pairs(TrainConfig(data=root, size=32, max_train_images=5)) == 5
 
 
 # ---------------------------------------------------------------------------------------------

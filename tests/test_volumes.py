@@ -6,6 +6,7 @@ so that a real training run, an export and a prediction take seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import shutil
@@ -25,7 +26,7 @@ from trainer import train as train_cli
 from trainer.builtin import PHANTOM_SUBJECTS, phantom_subject
 from trainer.checkpoint import BEST, RunState, load_torch
 from trainer.config import TrainConfig
-from trainer.data import SPLIT_FILE, SPLITS, ReadOptions, load_paired_data, load_run_data
+from trainer.data import SPLIT_FILE, SPLITS, ReadOptions, count_train_pairs, load_paired_data, load_run_data
 from trainer.data.intensity import IntensityMap
 from trainer.errors import UserError
 from trainer.export import CARD, export_generator
@@ -433,3 +434,6 @@ def test_the_phantom_set_loads_split_by_subject_and_its_spec_searches_it() -> No
     assert sum(len(names) for names in data.split_names.values()) == PHANTOM_SUBJECTS
     assert {s: len(data.split_names[s]) for s in SPLITS} == {"train": 14, "val": 3, "test": 3}
     assert all(pair.mask is not None for pairs in data.files.values() for pair in pairs)
+    # epochs: auto counts the training slices a trial gets: all of them, then max_train_images of them
+    assert count_train_pairs(dataclasses.replace(cfg, size=32, max_train_images=0)) == len(data.splits["train"])
+    assert count_train_pairs(dataclasses.replace(cfg, size=32, max_train_images=50)) == 50

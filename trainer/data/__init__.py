@@ -587,3 +587,13 @@ def load_run_data(cfg: TrainConfig, run_dir: Path | None, save_split_file: bool 
         ReadOptions.of(cfg),
         save_split_file,
     )
+
+
+def count_train_pairs(cfg: TrainConfig) -> int:
+    """How many training pairs a run of `cfg` trains on an epoch. For 2D images the file listing
+    says it (no decoding); a volume's slices are only known once it is read, so volumes are loaded."""
+    files = find_splits(resolve_root(cfg.data), cfg.split_seed, None)
+    if any(p.is_volume for pairs in files.values() for p in pairs):
+        return len(load_run_data(cfg, None, save_split_file=False).splits["train"])
+    count = len(files["train"])
+    return min(count, cfg.max_train_images) if cfg.max_train_images else count
