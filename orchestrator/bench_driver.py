@@ -123,6 +123,7 @@ class BenchRow:
     experiment_end_seconds: float  # inside the fit: the callbacks' on_experiment_end (W&B drain)
     post_fit_seconds: float  # summary and report (the study is written during the fit)
     reuse_actors: bool
+    callbacks: str  # "ours" (the search's) or "none" (Tune alone: what is left is Tune's and the machine's)
     results: int
     per_result: list[float]
 
@@ -165,7 +166,8 @@ def markdown_table(rows: list[BenchRow]) -> str:
     return "\n".join(
         [
             f"{first.concurrent} trials at once, {first.epochs} epochs of {first.epoch_seconds:g} s, "
-            f"{'worker processes reused' if first.reuse_actors else 'a new worker process per trial'}; goals: fit <= "
+            f"{'worker processes reused' if first.reuse_actors else 'a new worker process per trial'}, "
+            f"{'the search' if first.callbacks == 'ours' else 'no'} callbacks; goals: fit <= "
             f"{GOAL_OVERHEAD:.0%} over the theoretical minimum, driver <= {GOAL_MEDIAN_S * 1000:.0f} ms/result median",
             "",
             "| trials | theoretical s | fit s | over | start-up s | over after start-up | driver CPU s "
@@ -207,8 +209,9 @@ def run_bench(trials: int, args: argparse.Namespace, root: Path) -> BenchRow:
         image_every=spec.search.image_every,
     )
     clock = DriverClock()
-    # The search's own callbacks (the Optuna study is written by one of them, inside the fit).
-    ours = search_callbacks(spec, name, out_dir, args.wandb, PROJECT, args.epochs)
+    # The search's own callbacks (the Optuna study is written by one of them, inside the fit), or
+    # none: the same fit with Tune alone, the baseline that shows what our callbacks add.
+    ours = search_callbacks(spec, name, out_dir, args.wandb, PROJECT, args.epochs) if args.callbacks == "ours" else []
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(run_standin_trial, settings=settings), {"cpu": 1}),
         tune_config=tune.TuneConfig(
@@ -255,6 +258,7 @@ def run_bench(trials: int, args: argparse.Namespace, root: Path) -> BenchRow:
         experiment_end_seconds=clock.experiment_end,
         post_fit_seconds=post_fit_seconds,
         reuse_actors=args.reuse_actors,
+        callbacks=args.callbacks,
         results=len(clock.per_result),
         per_result=list(clock.per_result.values()),
     )
@@ -311,6 +315,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         dest="reuse_actors",
         action="store_true",
         help="run later trials in the first trials' worker processes (Tune's reuse_actors; the search does not)",
+    )
+    p.add_argument(
+        "--callbacks",
+        choices=("ours", "none"),
+        default="ours",
+        help="the search's driver callbacks, or none to time Tune alone on this machine (default: %(default)s)",
     )
     p.add_argument("--out", type=Path, help="keep the experiments here (default: a temporary folder, removed after)")
     return p.parse_args(argv)
