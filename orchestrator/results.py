@@ -23,7 +23,7 @@ from trainer.evaluate import NativeScores, evaluate_generator
 from trainer.export import export_generator
 from trainer.files import write_json
 from trainer.loop import baseline_metrics, evaluate, pick_device
-from trainer.names import BASELINE_LABELS, IDENTITY
+from trainer.names import BASELINE_LABELS
 
 SUMMARY_FILE = "summary.json"
 EXPORT_DIR = "best"  # the best trial's exported generator, in the experiment folder
@@ -199,6 +199,7 @@ def export_best(
         "epoch": state.epoch,
         "val": val_metrics,
         "baseline_val": {"name": baseline_name, **baseline_val},
+        "baseline_test": {"name": test.baseline_name, **test.baseline},  # identity_test, or the mean image
         "test": metrics["test"],
         "identity_test": metrics["identity_test"],
         "test_native": metrics["test_native"],
@@ -279,10 +280,9 @@ def render_summary(summary: dict[str, Any]) -> Table:
     rows = []
     for split in ("val", "test"):
         rows.append((split, best[split], split))
-        baseline = best.get("baseline_val") if split == "val" else best["identity_test"]
+        baseline = best.get(f"baseline_{split}")
         if baseline:
-            name = baseline.get("name", IDENTITY)
-            rows.append((f"{split}, {BASELINE_LABELS[name]} baseline", baseline, split))
+            rows.append((f"{split}, {BASELINE_LABELS[baseline['name']]} baseline", baseline, split))
         for reference in summary["references"].values():
             if reference.get(split):
                 rows.append((f"{split}, {reference['label']} ({reference['trial_id']})", reference[split], split))

@@ -102,7 +102,9 @@ class SearchSettings:
         flag_type=str,
         metavar="DURATION",
     )
-    keep_generators: int = opt(3, "ended trials that keep their best generator on disk (the best by val SSIM)")
+    keep_generators: int = opt(
+        3, "ended trials that keep their best generator on disk (the best by val SSIM; the references keep theirs too)"
+    )
     keep_full_state: bool = opt(
         False, "keep ended trials' full checkpoints (discriminator and optimizers too; 3-4x the disk)"
     )

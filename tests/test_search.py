@@ -152,7 +152,8 @@ def test_the_search_runs_the_papers_settings_first_then_without_the_discriminato
         assert reference["test"]["test_mae"] == pytest.approx(mae, abs=1e-3)
     card = json.loads((finished_search / "best" / CARD).read_text())
     assert card["references"] == references
-    assert card["identity_val"]["val_ssim"] == summary["best"]["baseline_val"]["val_ssim"]
+    assert summary["best"]["baseline_val"] == {"name": "identity", **card["identity_val"]}
+    assert summary["best"]["baseline_test"] == {"name": "identity", **card["identity_test"]}
     body = (finished_search / "best" / "README.md").read_text()
     assert "L1 only (paper's settings, no discriminator)" in body
     assert f"{references['l1_only']['val']['val_ssim']:.4f}" in body
