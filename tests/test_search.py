@@ -346,15 +346,15 @@ def test_ctrl_c_stops_cleanly_and_the_printed_command_finishes_the_search(tmp_pa
     resume = stderr.strip().splitlines()[-1].split()
     assert resume[:3] == ["python", "-m", "orchestrator.search"] and "--resume" in resume
     # W&B mode and the number of trials may change on a resume; the study's sampler goes on where it was.
-    more = ["--wandb", "off", "--num-samples", "3", "--max-concurrent", "1"]
+    more = ["--wandb", "off", "--num-samples", "3", "--max-concurrent", "3"]
     resumed = subprocess.run(
         [sys.executable, *resume[1:], *more], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming with --num-samples 3 (was 2)" in resumed.stdout
-    assert "resuming with --max-concurrent 1 (was 2)" in resumed.stdout
+    assert "resuming with --max-concurrent 3 (was 2)" in resumed.stdout
     saved = load_spec(experiment / "spec.yaml").search
-    assert (saved.num_samples, saved.max_concurrent) == (3, 1)
+    assert (saved.num_samples, saved.max_concurrent) == (3, 3)
     summary = json.loads((experiment / "summary.json").read_text())
     assert summary["state"] == "finished" and summary["best"] is not None
     assert len(summary["trials"]) == 3 and all(t["status"] != "interrupted" for t in summary["trials"])
