@@ -128,12 +128,17 @@ def score_references(
     results: Any, references: dict[str, dict[str, Any]], data: PairedData, device: torch.device
 ) -> dict[str, dict[str, Any]]:
     """The reference records with the test metrics of their best epochs (at the model's size, as "test"
-    of the exported model), scored on `data`: the search's one split, which every trial shares."""
+    of the exported model), scored on `data`, the search's one split (decoded once, for the export)."""
     scored = {}
     for kind, record in references.items():
-        try:
-            state, _ = load_trial_best(results, record["trial_id"])
-        except (KeyError, UserError):  # it never reported a checkpoint, or its files were removed
+        checkpoint, state = latest_checkpoint(results, record["trial_id"]), None
+        if checkpoint is not None:  # None: it never reported one
+            try:
+                with checkpoint.as_directory() as folder:
+                    state = RunState.load(Path(folder) / BEST_GENERATOR)
+            except UserError:  # its generator is gone (removed by hand, or a search from before references kept it)
+                pass
+        if state is None or state.split_hash != data.split_hash:
             scored[kind] = {**record, "test": None}
             continue
         G = state.generator().to(device)
