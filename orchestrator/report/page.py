@@ -230,7 +230,8 @@ def references_section(summary: dict[str, Any]) -> Section:
     rows = []
     if best:
         label = f"best trial (exported): {best['kind_label']}" if best.get("kind_label") else "best trial (exported)"
-        row = [label, best["trial_id"], "", best.get("epoch")]
+        status = next((t.get("status") for t in summary["trials"] if t["trial_id"] == best["trial_id"]), "")
+        row = [label, best["trial_id"], status, best.get("epoch")]
         rows.append([*row, *metric_row(best, "val"), *metric_row(best, "test")])
     for record in references.values():
         row = [record["label"], record["trial_id"], record["status"], record["best_epoch"]]
