@@ -34,6 +34,19 @@ from trainer.files import write_json
 # Set by the first Ctrl-C of this driver process. Module state, not an attribute: a resumed search runs
 # the TrialEndings that Tune unpickled, which must see the Ctrl-C of this process.
 CTRL_C = threading.Event()
+# Set, with the failure's line, when a trial fails for a full disk: the search stops as on Ctrl-C
+# instead of burning every trial's retries on the same error (TrialEndings.stop_if_disk_full).
+DISK_FULL: dict[str, str] = {}
+DISK_FULL_TEXT = "No space left on device"
+
+
+def stop_tune() -> bool:
+    """Ask Tune to stop as a time budget would (its SIGUSR1 handler, installed while its loop runs);
+    False when Tune is not listening."""
+    if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        return False
+    signal.raise_signal(signal.SIGUSR1)
+    return True
 
 
 @contextlib.contextmanager
@@ -47,14 +60,13 @@ def ctrl_c_stops_the_search() -> Iterator[None]:
     """
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     CTRL_C.clear()
+    DISK_FULL.clear()
 
     def on_sigint(signum: int, frame: Any) -> None:
-        tune_listens = signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None)
-        if CTRL_C.is_set() or not tune_listens:
+        if CTRL_C.is_set() or not stop_tune():
             raise KeyboardInterrupt
         CTRL_C.set()
         print("\nCtrl-C: stopping the search and saving its state (Ctrl-C again to quit at once)", file=sys.stderr)
-        signal.raise_signal(signal.SIGUSR1)
 
     previous = signal.signal(signal.SIGINT, on_sigint), signal.getsignal(signal.SIGUSR1)
     try:
@@ -93,16 +105,34 @@ class TrialEndings(tune.Callback):
         self.ended[trial.trial_id] = Ending.COMPLETE
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.stop_if_disk_full(trial, latest_failure(trial)):
+            return  # interrupted, not failed: --resume runs it again once there is space
         self.ended[trial.trial_id] = Ending.ERROR
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A failed attempt that Tune retries from the trial's last checkpoint (FailureConfig)."""
-        self.retries.setdefault(trial.trial_id, []).append(latest_failure(trial))
+        failure = latest_failure(trial)
+        if not self.stop_if_disk_full(trial, failure):
+            self.retries.setdefault(trial.trial_id, []).append(failure)
+
+    @staticmethod
+    def stop_if_disk_full(trial: Any, failure: str) -> bool:
+        """A full disk fails every trial alike: stop the search at the first one (as on Ctrl-C, so that
+        --resume continues it) and let the driver say so in one line."""
+        if DISK_FULL_TEXT not in failure:
+            return False
+        if not DISK_FULL:
+            DISK_FULL["where"] = f"trial {trial.trial_id}: {failure}"
+            stop_tune()
+        return True
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        cut_short = Ending.BUDGET if self.budget_spent() and not CTRL_C.is_set() else Ending.INTERRUPTED
+        stopped = CTRL_C.is_set() or bool(DISK_FULL)
+        cut_short = Ending.BUDGET if self.budget_spent() and not stopped else Ending.INTERRUPTED
+        # A full disk also cuts the trial that met it (ERROR, or PENDING while waiting for its retry).
+        cut = ("TERMINATED", "RUNNING", "PAUSED") + (("PENDING", "ERROR") if DISK_FULL else ())
         for trial in trials:
-            if trial.trial_id not in self.ended and trial.status in ("TERMINATED", "RUNNING", "PAUSED"):
+            if trial.trial_id not in self.ended and trial.status in cut:
                 self.ended[trial.trial_id] = cut_short
         write_json(Path(self.record), self.get_state())
 

@@ -31,6 +31,14 @@ def result_loggers() -> list[tune.Callback]:
     return [CSVLoggerCallback(), JsonLoggerCallback()]
 
 
+class QuietFileHandler(logging.FileHandler):
+    """A FileHandler whose failed writes say nothing: logging's default prints a traceback per record
+    to stderr, 1,500 lines for one full disk. ray.log is a record; the search reports a full disk itself."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def route_ray_logs(folder: Path) -> Callable[[], None]:
     """Send the `ray` logger tree to `folder/ray.log`; returns the function that restores its handlers
     (tests run several searches in one process). Sets ENV, and WANDB_SILENT unless the user set it
@@ -40,7 +48,7 @@ def route_ray_logs(folder: Path) -> Callable[[], None]:
     folder.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("ray")
     saved = list(logger.handlers)
-    handler = logging.FileHandler(folder / RAY_LOG, encoding="utf-8")
+    handler = QuietFileHandler(folder / RAY_LOG, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for old in saved:
         logger.removeHandler(old)

@@ -67,7 +67,8 @@ def summarize_trials(
                     history.append({k: _number(row[k]) for k in keys if k in row})
         epochs_run = int(metrics.get("epoch", 0))
         trial_id = metrics.get("trial_id", Path(result.path).name)
-        ending = Ending.ERROR if result.error is not None else endings.ended.get(trial_id)
+        # The driver's record first: a trial a full disk failed is recorded as interrupted (--resume reruns it).
+        ending = endings.ended.get(trial_id, Ending.ERROR if result.error is not None else None)
         status = end_reason(epochs_run, epochs, bool(metrics.get("plateau_stop")), ending)
         # Result.best_checkpoints is in reporting order (no score attribute): the last is the latest.
         best_val_ssim, best_epoch = saved_best(result.best_checkpoints[-1][1] if result.best_checkpoints else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -18,7 +19,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 
-from orchestrator.endings import CTRL_C, TrialEndings, ctrl_c_stops_the_search
+from orchestrator.endings import CTRL_C, DISK_FULL, TrialEndings, ctrl_c_stops_the_search
 from orchestrator.outcomes import METRIC, SEARCH_METRIC, SearchState
 from orchestrator.preflight import check_search
 from orchestrator.progress import LiveTrialTable
@@ -270,7 +271,7 @@ def run_search(spec: SearchSpec, name: str, storage_path: str, out_dir: Path, ru
             tuner = build_tuner(spec, name, storage_path, trainable, cfg.epochs, callbacks)
         with ctrl_c_stops_the_search():
             results = tuner.fit()
-        state = SearchState.INTERRUPTED if CTRL_C.is_set() else SearchState.FINISHED
+        state = SearchState.INTERRUPTED if CTRL_C.is_set() or DISK_FULL else SearchState.FINISHED
         trials = summarize_trials(results, cfg.epochs, TrialEndings.read(out_dir), spec.search.time_budget)
         # An interrupted search exports nothing: its best so far is not the search's result.
         best = (
@@ -294,6 +295,8 @@ def run_search(spec: SearchSpec, name: str, storage_path: str, out_dir: Path, ru
     summary = write_summary(out_dir, name, spec, state, trials, best, time.time() - started, wandb_info)
     if state == SearchState.INTERRUPTED:
         console.print(render_summary(summary))
+        if DISK_FULL:  # the driver's one line for a full disk, with the resume command (orchestrator.search)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return summary
     log_search_run(
         wandb_mode,

@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     # Our own outputs (summary, report, export, Optuna study, W&B runs) need a local folder; with a
     # remote storage path they are written here and uploaded next to Tune's results.
     out_dir = (EXPERIMENTS.resolve() if is_uri(storage_path) else Path(storage_path)) / name
-    from orchestrator.runner import RunOptions, fetch_saved_spec, run_search  # imports Ray: keep --help fast
+    # These import Ray: keep --help fast.
+    from orchestrator.endings import DISK_FULL
+    from orchestrator.runner import RunOptions, fetch_saved_spec, run_search
 
     if args.resume:
         spec = resumed_spec(args, fetch_saved_spec(out_dir, f"{storage_path.rstrip('/')}/{name}"))
@@ -168,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
-        where = f" writing {err.filename}" if err.filename else ""
+        # A trial's full disk (it stopped the search: orchestrator.endings) or the driver's own write.
+        where = DISK_FULL.get("where") or (f"writing {err.filename}" if err.filename else "")
         raise UserError(
-            f"no space left on the device{where}; free space and continue with: {resume_command(name, storage_path)}"
+            f"no space left on the device{f' ({where})' if where else ''}; free space and continue with: "
+            f"{resume_command(name, storage_path)}"
         ) from None
     if summary["state"] == SearchState.INTERRUPTED:
         print(f"interrupted; continue the search with:\n  {resume_command(name, storage_path)}", file=sys.stderr)

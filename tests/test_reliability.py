@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from search_cli import TINY, search_env
+from search_cli import ROOT, TINY, search_command, search_env
 
 from orchestrator import search
 from orchestrator.preflight import check_search
@@ -127,3 +127,15 @@ def test_an_export_the_disk_cannot_hold_is_refused_before_writing(small_disk: Pa
     with pytest.raises(UserError, match=r"best: the export needs about \d+ MiB but .* has [0-9.]+ MiB free"):
         export_generator(G, small_disk / "best", {"name": "test"})
     assert list(small_disk.iterdir()) == []
+
+
+def test_a_full_disk_stops_the_search_at_the_first_failure_with_one_line(small_disk: Path) -> None:
+    """Trials checkpoint to a storage path on a real 2 MiB file system: the first trial that fails for
+    the full disk stops the search (the others would fail the same way, retries and all), and the
+    driver ends with one line naming the trial's error and the command that continues the search."""
+    command = search_command(small_disk, "full", "--wandb", "off")
+    done = subprocess.run(command, cwd=ROOT, env=search_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert "No space left on device" in line and "trial " in line and "--resume --name full" in line, line
+    assert "Traceback" not in done.stdout and len(done.stdout.splitlines()) < 20, done.stdout[-2000:]
