@@ -1,7 +1,8 @@
 """The search as an Optuna study on disk (`optuna.db`), for optuna-dashboard and later analysis.
 
 This module owns the study's format. `StudyWriter` is a Tune callback that rewrites the whole study
-from Tune's trial records each time a trial ends, so optuna-dashboard can follow a running search:
+from Tune's trial records as trials end (each ending asks for a rewrite; LatestOnlyWriter paces
+them), so optuna-dashboard can follow a running search:
 
 - one Optuna trial per Tune trial that ended, numbered in launch order, with its real start and end
   times; trials still running are left out, so a killed driver leaves no orphaned RUNNING trial;
