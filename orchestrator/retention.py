@@ -30,8 +30,6 @@ class CheckpointRetention(tune.Callback):
     def __init__(self, endings: TrialEndings, spec: SearchSpec) -> None:
         self.endings = endings
         self.spec = spec
-        self.keep_generators = spec.search.keep_generators
-        self.keep_full_state = spec.search.keep_full_state
         self.kept: dict[str, tuple[float, str]] = {}  # ended trial -> (best val SSIM, checkpoint path)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -57,7 +55,7 @@ class CheckpointRetention(tune.Callback):
 
     def trim(self, trial: Any) -> None:
         checkpoint = trial.checkpoint
-        if checkpoint is None or self.keep_full_state:
+        if checkpoint is None or self.spec.search.keep_full_state:
             return
         self.drop_older_checkpoints(trial)
         fs = checkpoint.filesystem
@@ -66,7 +64,7 @@ class CheckpointRetention(tune.Callback):
             return  # its generator is scored on test after the search, whatever its rank
         self.kept[trial.trial_id] = ((trial.last_result or {}).get("best_val_ssim", float("-inf")), checkpoint.path)
         ranked = sorted(self.kept.items(), key=lambda item: item[1][0], reverse=True)
-        for _, (_, path) in ranked[self.keep_generators :]:
+        for _, (_, path) in ranked[self.spec.search.keep_generators :]:
             delete(fs, f"{path}/{BEST_GENERATOR}")
 
     def get_state(self) -> dict[str, Any]:

@@ -138,7 +138,7 @@ def plot_val_ssim(
             ax.plot(trial["best_epoch"], values[epochs.index(trial["best_epoch"])], zorder=6, **BEST_STAR)
     handles = status_handles(t.get("status", "") for t, _ in curves)
     for (label, value), dash in zip(lines, LINE_DASHES):
-        ax.axhline(min(max(value, low), high), color="0.35", linestyle=dash, linewidth=1.2, zorder=1)
+        ax.axhline(value, color="0.35", linestyle=dash, linewidth=1.2, zorder=1)  # within the limits: they include it
         handles.append(Line2D([], [], color="0.35", linestyle=dash, label=f"{label}: {value:.3f}"))
     ax.set_ylim(low, high)
     ax.set_xlabel("epoch")
