@@ -44,7 +44,7 @@ from orchestrator.outcomes import SearchState
 from orchestrator.ray_output import result_loggers
 from orchestrator.report import write_report
 from orchestrator.results import summarize_trials, write_summary
-from orchestrator.runner import QUIET_ENV, checkpoint_config, search_algorithm, search_callbacks
+from orchestrator.runner import QUIET_ENV, checkpoint_config, search_algorithm, search_callbacks, start_ray
 from orchestrator.spec import DEFAULT_SPEC, SearchSpec, load_spec
 from orchestrator.standin_trial import StandInSettings, run_standin_trial
 from orchestrator.trainable import CHECKPOINT_FILES, PANEL_FILE
@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.update(QUIET_ENV)
     os.environ.setdefault("WANDB_SILENT", "true")
     rows: list[BenchRow] = []
-    ray.init(num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024**2)
+    start_ray(None, num_cpus=args.concurrent)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-driver-") as scratch:
             root = (args.out or Path(scratch)).resolve()

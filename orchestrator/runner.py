@@ -8,12 +8,15 @@ import secrets
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import ray
+import ray._private.ray_constants as ray_constants
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -45,25 +48,51 @@ console = Console()
 QUIET_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 
 
-def start_ray(address: str | None) -> bool:
-    """Join `address`, reuse a Ray already started in this process, or start one embedded.
-    Returns True when we started it (and so must shut it down)."""
+def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Join `address`, reuse a Ray already started in this process, or start one embedded (with
+    `num_cpus` logical CPUs, default: the machine's). Returns True when we started it (and so must
+    shut it down)."""
     if ray.is_initialized():
         return False
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
         use_a_token_of_this_search()
-        ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024**2)
+        with ray_on_loopback():
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024**2)
     return True
 
 
+@contextmanager
+def ray_on_loopback() -> Iterator[None]:
+    """The embedded Ray is one node that nothing outside this machine needs to reach, so its servers
+    listen on 127.0.0.1 only. Ray binds its gRPC servers to the node's address, and it takes
+    127.0.0.1 as that address where clusters are off (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, what
+    Ray does on macOS and Windows). An explicit `_node_ip_address="127.0.0.1"` is not enough: Ray
+    swaps a loopback address for the machine's own while clusters are on.
+
+    The variable is set only while Ray starts: the processes it starts inherit it, and a `ray start`
+    run later by this process's children must not be refused. This process read it when it imported
+    `ray`, so its copy is switched too; once Ray runs, the node's address comes from the node."""
+    saved_env = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            del os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR]
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
+
+
 def use_a_token_of_this_search() -> None:
-    """Ray 2.60 binds its servers to every network interface and has no setting to keep them on
-    loopback (later Ray binds them to the node's address). So the embedded Ray requires a token made
-    for this search, held in this process's environment (inherited by Ray's processes, readable by
-    this user only) instead of Ray's default, ~/.ray/auth_token written with the umask's 0644.
-    A user who set RAY_AUTH_MODE or RAY_AUTH_TOKEN keeps their choice."""
+    """Loopback keeps other machines out, not other users of this one: the embedded Ray also
+    requires a token made for this search, held in this process's environment (inherited by Ray's
+    processes, readable by this user only) instead of Ray's default, ~/.ray/auth_token written with
+    the umask's 0644. A user who set RAY_AUTH_MODE or RAY_AUTH_TOKEN keeps their choice."""
     if "RAY_AUTH_MODE" in os.environ or "RAY_AUTH_TOKEN" in os.environ:
         return
     os.environ["RAY_AUTH_MODE"] = "token"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import ipaddress
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from search_cli import ROOT, TINY, search_command, search_env
@@ -69,15 +72,36 @@ def test_memory_estimate_counts_the_real_networks_and_grows_with_size() -> None:
     assert nine - five == five - one > 0  # activations grow with the batch, the weights do not
 
 
-def test_the_embedded_ray_refuses_a_client_without_this_searchs_token(tmp_path: Path) -> None:
-    """Ray 2.60 listens on every interface; what keeps others out is a token made for this search,
-    never written to disk (Ray's own default is ~/.ray/auth_token, mode 0644)."""
+def listening_addresses(root_pid: int) -> list[tuple[str, str]]:
+    """(process name, address) of every listening TCP socket of `root_pid` and its descendants."""
+    root = psutil.Process(root_pid)
+    found = []
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for conn in process.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.append((process.name(), conn.laddr.ip))
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    address = address.removeprefix("::ffff:")  # an IPv4 address on a dual-stack socket
+    return ipaddress.ip_address(address).is_loopback
+
+
+def test_the_embedded_ray_listens_on_loopback_only_and_refuses_a_client_without_this_searchs_token(
+    tmp_path: Path,
+) -> None:
+    """Nothing outside the machine can reach the embedded Ray; on the machine, a client needs this
+    search's token, which is never written to disk (Ray's own default is ~/.ray/auth_token, 0644)."""
     probe = (
-        "import json, sys, ray\n"
+        "import json, os, sys, ray\n"
         "from orchestrator.runner import start_ray\n"
         "start_ray(None)\n"
+        "pid = ray.remote(lambda: os.getpid())\n"
+        "ray.get([pid.remote() for _ in range(2)])\n"  # workers up: they listen too
         "print(json.dumps(ray.get_runtime_context().gcs_address), flush=True)\n"
-        "sys.stdin.read()\n"  # keep Ray up until the test has tried to join it
+        "sys.stdin.read()\n"  # keep Ray up until the test has looked at it
     )
     env = {k: v for k, v in search_env(HOME=str(tmp_path)).items() if not k.startswith("RAY_AUTH")}
     driver = subprocess.Popen(
@@ -85,9 +109,21 @@ def test_the_embedded_ray_refuses_a_client_without_this_searchs_token(tmp_path: 
     )
     try:
         gcs = json.loads(driver.stdout.readline())
+        listening = listening_addresses(driver.pid)
+        names = {name for name, _ in listening}
+        assert {"gcs_server", "raylet"} <= names, listening
+        assert all(is_loopback(address) for _, address in listening), listening
+        assert gcs.startswith("127.0.0.1:"), gcs
+
         join = f"import ray; ray.init(address={gcs!r}); print('joined')"
+        # Ray would swap 127.0.0.1 for this machine's own address, where nothing listens, unless
+        # clusters are off: so the stranger comes through loopback, as another local user could.
         stranger = subprocess.Popen(
-            [sys.executable, "-c", join], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [sys.executable, "-c", join],
+            env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         # Ray's client retries for about 20 s before it gives up; its first refusal is the answer.
         lines = []
