@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ class Method:
     grace_period: int | None = None
     reduction_factor: int | None = None
     split: int = 1  # `split` times the trials, each of 1/`split` the epochs: the same most trial-epochs
+    stopped_as_pruned: bool = False  # TPE learns a stopped trial as PRUNED, not as COMPLETE
 
     def apply(self, spec: SearchSpec) -> SearchSpec:
         return spec.with_overrides(
@@ -99,6 +100,12 @@ METHODS = {
         Method("rf3", "tpe+asha with reduction factor 3", reduction_factor=3),
         Method("asha-best", "tpe+asha, ASHA ranking a trial's best val SSIM so far", asha_metric=SEARCH_METRIC),
         Method("split2", "tpe+asha over twice the trials of half the epochs", split=2),
+        Method(
+            "pruned",
+            "tpe+asha, TPE learning trials that early stopping ended as pruned (BOHB-style: trials that ran "
+            "all their epochs rank first, then the rest by how far they got)",
+            stopped_as_pruned=True,
+        ),
     )
 }
 
@@ -161,6 +168,23 @@ class Run:
         return None if reached is None else reached / self.outcomes[REFERENCE].epochs_to_reach(self.target)
 
 
+class StoppedAsPruned(OptunaSearch):
+    """Ray's OptunaSearch tells Optuna every trial that ended without an error as COMPLETE with its
+    last result, so TPE weighs a trial ASHA stopped after 2 epochs against one that ran all 8, as if
+    both had run their course. BOHB fits its model on the largest budget instead; the nearest Optuna
+    has is a PRUNED trial, which TPE ranks after every COMPLETE one, by its last reported epoch and
+    then its value there. Ray tells PRUNED when the final result lacks the metric."""
+
+    def __init__(self, epochs: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.epochs = epochs
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and not error and result.get("epoch", self.epochs) < self.epochs:
+            result = {k: v for k, v in result.items() if k != self.metric}
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
 def random_searcher(spec: SearchSpec) -> OptunaSearch:
     sampler = optuna.samplers.RandomSampler(seed=spec.search.seed)
     return OptunaSearch(
@@ -171,6 +195,12 @@ def random_searcher(spec: SearchSpec) -> OptunaSearch:
         seed=spec.search.seed,
         points_to_evaluate=[spec.paper_point()],  # both searches start from the paper's settings
     )
+
+
+def tpe_searcher(spec: SearchSpec, method: Method, epochs: int) -> OptunaSearch:
+    if method.stopped_as_pruned:
+        return make_searcher(spec, partial(StoppedAsPruned, epochs))
+    return make_searcher(spec)
 
 
 def run_method(method: Method, spec: SearchSpec, storage: Path, name: str) -> Outcome:
@@ -185,7 +215,7 @@ def run_method(method: Method, spec: SearchSpec, storage: Path, name: str) -> Ou
     tuner = tune.Tuner(
         make_trainable(spec, settings),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec) if method.tpe else random_searcher(spec),
+            search_alg=tpe_searcher(spec, method, epochs) if method.tpe else random_searcher(spec),
             scheduler=make_scheduler(spec, epochs, method.asha_metric) if method.early_stopping else FIFOScheduler(),
             num_samples=spec.search.num_samples,
             max_concurrent_trials=spec.search.max_concurrent,

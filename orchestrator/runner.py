@@ -8,7 +8,7 @@ import secrets
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +111,8 @@ def resolve_epochs(spec: SearchSpec) -> SearchSpec:
     return spec.with_epochs_for(count_train_pairs(TrainConfig.from_dict(spec.fixed_settings(), source=spec.source)))
 
 
-def make_searcher(spec: SearchSpec) -> OptunaSearch:
+def make_searcher(spec: SearchSpec, searcher: Callable[..., OptunaSearch] = OptunaSearch) -> OptunaSearch:
+    """`searcher`: OptunaSearch or a variant of it (orchestrator.bench_search compares some)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # `group` is stable enough
     sampler = optuna.samplers.TPESampler(
@@ -121,7 +122,7 @@ def make_searcher(spec: SearchSpec) -> OptunaSearch:
         seed=spec.search.seed,
         n_startup_trials=spec.search.startup_trials,
     )
-    return OptunaSearch(
+    return searcher(
         space=spec.distributions(),
         metric=SEARCH_METRIC,
         mode="max",
