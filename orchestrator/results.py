@@ -205,9 +205,8 @@ def export_best(
         "epoch": state.epoch,
         "val": val_metrics,
         "baseline_val": {"name": baseline_name, **baseline_val},
-        "baseline_test": {"name": test.baseline_name, **test.baseline},  # identity_test, or the mean image
+        "baseline_test": {"name": test.baseline_name, **test.baseline},  # identity, or the mean image
         "test": metrics["test"],
-        "identity_test": metrics["identity_test"],
         "test_native": metrics["test_native"],
         "identity_test_native": metrics["identity_test_native"],
         "native_note": native_note(test.native, metrics["identity_test_native"]),

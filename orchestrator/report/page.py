@@ -202,20 +202,21 @@ def samples_section(samples: bytes | None, best_id: str | None) -> Section:
 
 
 def test_metrics_section(best: dict[str, Any] | None) -> Section:
-    title = "Test metrics against the identity baseline"
+    """The best model against the baseline of its data: identity where output and input are
+    comparable, otherwise the mean training target (trainer.names)."""
+    title = "Test metrics against the baseline"
     if not best or not best.get("test"):
         return Section(title, notes=["No test metrics: the search exported no model."])
-    test, identity = best["test"], best.get("identity_test") or {}
+    test, baseline = best["test"], best.get("baseline_test") or {}
+    label = f"{BASELINE_LABELS[baseline['name']]} baseline" if baseline else "baseline"
     rows = []
-    for label, key, better in TEST_METRICS:
-        model, base = test.get(key), identity.get(key)
+    for metric, key, better in TEST_METRICS:
+        model, base = test.get(key), baseline.get(key)
         diff = model - base if model is not None and base is not None else None
         wins = None if diff is None else ("yes" if (diff > 0) == (better == "higher") and diff != 0 else "no")
-        rows.append((label, better, model, base, diff, wins))
-    explanation = (
-        "The identity baseline outputs its input unchanged; a model that does not beat it has learned nothing useful."
-    )
-    headers = ["metric", "better", "best model", "identity baseline", "model − baseline", "beats baseline"]
+        rows.append((metric, better, model, base, diff, wins))
+    explanation = f"The {label} takes no training; a model that does not beat it has learned nothing useful."
+    headers = ["metric", "better", "best model", label, "model − baseline", "beats baseline"]
     return Section(title, notes=[explanation], tables=[Table(headers, rows)])
 
 
