@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -98,12 +100,15 @@ def summarize_trials(
     return sorted(trials, key=lambda t: t["trial_id"])
 
 
-def latest_checkpoint(results: Any, trial_id: str) -> Any:
-    """The trial's one kept Tune checkpoint: its best_generator.pt is the trial's best epoch."""
-    for result in results:
-        if result.metrics.get("trial_id") == trial_id:
-            return result.checkpoint
-    raise KeyError(trial_id)
+@contextmanager
+def best_epoch_folder(results: Any, trial_id: str) -> Iterator[Path]:
+    """The folder of the trial's one kept Tune checkpoint, whose best_generator.pt is the trial's best
+    epoch: the folder itself on local storage, a temporary download (removed after) on remote storage."""
+    checkpoint = next((r.checkpoint for r in results if r.metrics.get("trial_id") == trial_id), None)
+    if checkpoint is None:
+        raise UserError(f"trial {trial_id} kept no checkpoint")
+    with checkpoint.as_directory() as folder:
+        yield Path(folder)
 
 
 def library_versions() -> dict[str, str]:
@@ -117,12 +122,11 @@ def library_versions() -> dict[str, str]:
 
 
 def load_trial_best(results: Any, trial_id: str) -> tuple[RunState, PairedData]:
-    """The trial's best epoch (best_generator.pt of its kept checkpoint) and the data it was scored on."""
-    # as_directory: the folder itself on local storage, a temporary download (removed after) on remote storage
-    with latest_checkpoint(results, trial_id).as_directory() as folder:
-        state = RunState.load(Path(folder) / BEST_GENERATOR)
+    """The trial's best epoch and the data it was scored on."""
+    with best_epoch_folder(results, trial_id) as folder:
+        state = RunState.load(folder / BEST_GENERATOR)
         # the split.json saved with the checkpoint: the same split, or an error if the files changed since
-        return state, state.load_data(Path(folder))
+        return state, state.load_data(folder)
 
 
 def score_references(
@@ -132,13 +136,11 @@ def score_references(
     of the exported model), scored on `data`, the search's one split (decoded once, for the export)."""
     scored = {}
     for kind, record in references.items():
-        checkpoint, state = latest_checkpoint(results, record["trial_id"]), None
-        if checkpoint is not None:  # None: it never reported one
-            try:
-                with checkpoint.as_directory() as folder:
-                    state = RunState.load(Path(folder) / BEST_GENERATOR)
-            except UserError:  # its generator is gone (removed by hand, or a search from before references kept it)
-                pass
+        try:
+            with best_epoch_folder(results, record["trial_id"]) as folder:
+                state = RunState.load(folder / BEST_GENERATOR)
+        except UserError:  # it never reported a checkpoint, or its generator is gone (removed by hand, or
+            state = None  # a search from before references kept theirs)
         if state is None or state.split_hash != data.split_hash:
             scored[kind] = {**record, "test": None}
             continue
