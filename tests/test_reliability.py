@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import ray._private.ray_constants as ray_constants
 import torch
 from search_cli import ROOT, TINY, search_command, search_env
 
@@ -120,7 +121,7 @@ def test_the_embedded_ray_listens_on_loopback_only_and_refuses_a_client_without_
         # clusters are off: so the stranger comes through loopback, as another local user could.
         stranger = subprocess.Popen(
             [sys.executable, "-c", join],
-            env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+            env={**env, ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -29,6 +29,6 @@ def test_the_writer_rests_between_rewrites_and_flush_writes_the_latest() -> None
     assert written[-1] == 39  # the latest snapshot is on disk when flush returns
     # Each write (>= 0.05 s) is followed by REST times as long without writing, so at most one write per
     # 0.25 s of submitting, plus the first and the flush; without the rest it would be one per 0.05 s.
-    cycle = write_seconds * (1 + 4)
+    cycle = write_seconds * (1 + LatestOnlyWriter.REST)
     assert len(written) <= submitting / cycle + 2, (len(written), submitting)
     assert written == sorted(written)  # never an older study after a newer one
