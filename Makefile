@@ -15,11 +15,11 @@ search: $(STAMP)
 	$(BIN)/python -m orchestrator.search $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/ruff check trainer orchestrator tests
+	$(BIN)/ruff check trainer orchestrator benchmarks tests
 	$(BIN)/python -m pytest $(ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/ruff check trainer orchestrator tests
+	$(BIN)/ruff check trainer orchestrator benchmarks tests
 	$(BIN)/python -m pytest -m fast $(ARGS)
 
 demo: $(STAMP)
@@ -27,14 +27,14 @@ demo: $(STAMP)
 		--max_train_images 1120 --lr_G 1e-3 --lr_D 1e-4 --dropout 0 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 bench: $(STAMP)
-	$(BIN)/python -m trainer.bench $(ARGS)
-	$(BIN)/python -m trainer.bench_eval
+	$(BIN)/python -m benchmarks.step $(ARGS)
+	$(BIN)/python -m benchmarks.evaluation
 
 gpu-check: $(STAMP)
-	$(BIN)/python -m orchestrator.gpu_check
+	$(BIN)/python -m benchmarks.gpu_check
 
 lint: $(STAMP)
-	$(BIN)/ruff check trainer orchestrator tests
+	$(BIN)/ruff check trainer orchestrator benchmarks tests
 
 clean:
 	rm -rf $(VENV) runs experiments

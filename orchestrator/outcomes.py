@@ -25,7 +25,7 @@ class Text(str, Enum):
 
 
 class Ending(Text):
-    """How the driver saw a trial stop running (orchestrator.endings.TrialEndings records it)."""
+    """How the driver saw a trial stop running (orchestrator.trials.endings.TrialEndings records it)."""
 
     COMPLETE = "complete"  # it returned, or ASHA or the plateau rule stopped it
     ERROR = "error"

@@ -1,5 +1,6 @@
 """After the trials: what happened to each, the export of the best generator, and the experiment's
-summary.json (the input of the report). The Optuna study is written while the search runs (orchestrator.study)."""
+summary.json (the input of the report). The Optuna study is written while the search runs
+(orchestrator.trials.study)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from orchestrator.endings import EndingsRecord
 from orchestrator.outcomes import EPOCH_KEYS, Ending, EndReason, SearchState, describe_end, end_reason, error_line
-from orchestrator.references import KIND_LABELS, kind_of, reference_records
 from orchestrator.spec import SearchSpec, format_duration
+from orchestrator.trials.endings import EndingsRecord
+from orchestrator.trials.references import KIND_LABELS, kind_of, reference_records
 from trainer.checkpoint import BEST_GENERATOR, RunState
 from trainer.data import PairedData
 from trainer.errors import UserError
@@ -55,7 +56,7 @@ def summarize_trials(
 ) -> list[dict[str, Any]]:
     """One record per Tune trial: status, why it ended, params, per-epoch history (EPOCH_KEYS and
     any extra columns of Tune's results, such as its timestamp). `endings` is the driver's record of
-    how each trial ended and why any attempt of it was retried (orchestrator.endings.TrialEndings.read)."""
+    how each trial ended and why any attempt of it was retried (orchestrator.trials.endings.TrialEndings.read)."""
     endings = endings or EndingsRecord()
     keys = EPOCH_KEYS + extra_history_keys
     trials = []
@@ -154,7 +155,7 @@ def export_best(
     results: Any, trials: list[dict[str, Any]], spec: SearchSpec, best_dir: Path, experiment_path: str
 ) -> dict[str, Any] | None:
     """Evaluate the best trial's best epoch on the test split and export its generator. The reference
-    trials compete too (orchestrator.references); the card and the summary say which kind won."""
+    trials compete too (orchestrator.trials.references); the card and the summary say which kind won."""
     # A failed trial is not exported even if it scored before failing: the study holds it as FAIL, and
     # the exported trial must be the study's best_trial (or the L1-only reference, not in the study).
     scored = [t for t in trials if t["best_val_ssim"] is not None and t["status"] != EndReason.FAILED]

@@ -22,22 +22,23 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 
-from orchestrator.endings import CTRL_C, DISK_FULL, TrialEndings, ctrl_c_stops_the_search
+from orchestrator.compat import accept_pickles_from_before_the_move
 from orchestrator.outcomes import METRIC, SEARCH_METRIC, SearchState
 from orchestrator.preflight import check_search
-from orchestrator.progress import LiveTrialTable
-from orchestrator.ray_output import RAY_LOG, result_loggers, route_ray_logs
-from orchestrator.references import ReferenceSearcher
 from orchestrator.report import publish_wandb_report, write_report
 from orchestrator.report.page import REPORT
 from orchestrator.results import EXPORT_DIR, SUMMARY_FILE, export_best, render_summary, summarize_trials, write_summary
-from orchestrator.retention import CheckpointRetention
-from orchestrator.search_limits import SearchLimits
 from orchestrator.spec import SPEC_FILE, SearchSpec, format_duration, save_spec
-from orchestrator.study import ARTIFACT_DIR, STUDY_FILE, StudyWriter, dashboard_command
-from orchestrator.trainable import TrialSettings, run_trial, scratch_dir
-from orchestrator.wandb_callback import WandbTrialLogger
-from orchestrator.wandb_logging import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
+from orchestrator.tracking.callback import WandbTrialLogger
+from orchestrator.tracking.runs import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
+from orchestrator.trials.endings import CTRL_C, DISK_FULL, TrialEndings, ctrl_c_stops_the_search
+from orchestrator.trials.limits import SearchLimits
+from orchestrator.trials.progress import LiveTrialTable
+from orchestrator.trials.ray_output import RAY_LOG, result_loggers, route_ray_logs
+from orchestrator.trials.references import ReferenceSearcher
+from orchestrator.trials.retention import CheckpointRetention
+from orchestrator.trials.study import ARTIFACT_DIR, STUDY_FILE, StudyWriter, dashboard_command
+from orchestrator.trials.trainable import TrialSettings, run_trial, scratch_dir
 from trainer.config import TrainConfig
 from trainer.data import count_train_pairs
 from trainer.errors import UserError
@@ -112,7 +113,7 @@ def resolve_epochs(spec: SearchSpec) -> SearchSpec:
 
 
 def make_searcher(spec: SearchSpec, searcher: Callable[..., OptunaSearch] = OptunaSearch) -> OptunaSearch:
-    """`searcher`: OptunaSearch or a variant of it (orchestrator.bench_search compares some)."""
+    """`searcher`: OptunaSearch or a variant of it (benchmarks.search compares some)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # `group` is stable enough
     sampler = optuna.samplers.TPESampler(
@@ -128,12 +129,13 @@ def make_searcher(spec: SearchSpec, searcher: Callable[..., OptunaSearch] = Optu
         mode="max",
         sampler=sampler,
         seed=spec.search.seed,
-        points_to_evaluate=[spec.paper_point()],  # the first trial: the paper's settings (orchestrator.references)
+        # the first trial: the paper's settings (orchestrator.trials.references)
+        points_to_evaluate=[spec.paper_point()],
     )
 
 
 def make_scheduler(spec: SearchSpec, epochs: int, metric: str = METRIC) -> ASHAScheduler:
-    """`metric`: what ASHA ranks trials on at each rung (orchestrator.bench_search compares others)."""
+    """`metric`: what ASHA ranks trials on at each rung (benchmarks.search compares others)."""
     return ASHAScheduler(
         time_attr="epoch",
         metric=metric,
@@ -151,12 +153,12 @@ def make_trainable(spec: SearchSpec, settings: TrialSettings) -> Any:
 
 def checkpoint_config() -> tune.CheckpointConfig:
     """The latest checkpoint holds the full state to continue from and the best epoch's generator;
-    orchestrator.retention trims a trial's checkpoints to that one, without the full state, once it ended.
+    orchestrator.trials.retention trims a trial's checkpoints to that one, without the full state, once it ended.
 
     Two are kept while a trial runs, not one: Tune snapshots the whole experiment (every trial's
     state and the pickled searcher) whenever a trial has written `num_to_keep` checkpoints since the
     last snapshot. At 1 that is a snapshot per reported epoch, each costing more as trials accumulate:
-    with 64 trials at once and 500 in all it took 55% of the driver's event loop (orchestrator.bench_driver).
+    with 64 trials at once and 500 in all it took 55% of the driver's event loop (benchmarks.driver).
     At 2 it is about one snapshot per epoch's time, whatever the number of trials running.
     """
     return tune.CheckpointConfig(num_to_keep=2)
@@ -193,7 +195,7 @@ def build_tuner(
 def search_callbacks(
     spec: SearchSpec, name: str, out_dir: Path, wandb_mode: str, wandb_project: str, epochs: int
 ) -> list[tune.Callback]:
-    """The driver's callbacks, in order (orchestrator.bench_driver times these same ones).
+    """The driver's callbacks, in order (benchmarks.driver times these same ones).
     TrialEndings first: the others read its record of how each trial ended."""
     endings = TrialEndings(spec.search.time_budget, out_dir)
     return [
@@ -295,6 +297,7 @@ def run_search(spec: SearchSpec, name: str, storage_path: str, out_dir: Path, ru
         trainable = make_trainable(spec, settings)
         if run.resume:
             console.print(f"resuming {experiment_path}")
+            accept_pickles_from_before_the_move()
             tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=True)
             use_this_runs_settings(tuner, spec, callbacks)
         else:

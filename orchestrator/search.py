@@ -85,7 +85,7 @@ def flag_of(key: str) -> str:
     return f"--{name.replace('_', '-')}" if flagged else key
 
 
-# What a resumed search may change (orchestrator.search_limits applies them); every other setting
+# What a resumed search may change (orchestrator.trials.limits applies them); every other setting
 # shapes the trials Tune saved, so a resume refuses to change it.
 CHANGEABLE_ON_RESUME = ("search.num_samples", "search.max_concurrent")
 
@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     # remote storage path they are written here and uploaded next to Tune's results.
     out_dir = (EXPERIMENTS.resolve() if is_uri(storage_path) else Path(storage_path)) / name
     # These import Ray: keep --help fast.
-    from orchestrator.endings import DISK_FULL
     from orchestrator.runner import RunOptions, fetch_saved_spec, run_search
+    from orchestrator.trials.endings import DISK_FULL
 
     if args.resume:
         spec = resumed_spec(args, fetch_saved_spec(out_dir, f"{storage_path.rstrip('/')}/{name}"))
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
-        # A trial's full disk (it stopped the search: orchestrator.endings) or the driver's own write.
+        # A trial's full disk (it stopped the search: orchestrator.trials.endings) or the driver's own write.
         where = DISK_FULL.get("where") or (f"writing {err.filename}" if err.filename else "")
         raise UserError(
             f"no space left on the device{f' ({where})' if where else ''}; free space and continue with: "

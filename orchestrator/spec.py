@@ -75,7 +75,7 @@ def epochs_flag(text: str) -> int | str:
 
 
 # The paper's settings (Isola et al. 2017), which TrainConfig's defaults hold: every search runs them
-# first (orchestrator.references), so a space must include them.
+# first (orchestrator.trials.references), so a space must include them.
 PAPER_PARAMETERS = ("lambda_l1", "dropout", "lr_G", "lr_D", "beta1")
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
 

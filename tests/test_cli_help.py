@@ -1,6 +1,6 @@
 """Every command-line module answers `--help`: exit code 0 and a usage line naming `python -m MODULE`.
 
-The modules are found, not listed: each file of trainer/ and orchestrator/ that runs as a script
+The modules are found, not listed: each file of trainer/, orchestrator/ and benchmarks/ that runs as a script
 (`if __name__ == "__main__":`). All of them run in one child process, one after the other through
 runpy as `python -m` runs them, so the heavy imports (torch, Ray, W&B) are paid once, not per module.
 """
@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.fast
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("trainer", "orchestrator")
+PACKAGES = ("trainer", "orchestrator", "benchmarks")
 SCRIPT_GUARD = 'if __name__ == "__main__":'
 RUN_ALL = """
 import contextlib, io, json, runpy, sys, warnings
@@ -62,8 +62,8 @@ def help_outputs() -> dict[str, dict]:
 
 
 def test_the_known_clis_are_found() -> None:
-    expected = {"trainer.train", "trainer.evaluate", "trainer.predict", "trainer.bench", "orchestrator.search"}
-    assert expected | {"orchestrator.report", "orchestrator.gpu_check"} <= set(MODULES)
+    expected = {"trainer.train", "trainer.evaluate", "trainer.predict", "benchmarks.step", "orchestrator.search"}
+    assert expected | {"orchestrator.report", "benchmarks.gpu_check"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import trainer.loop
-from trainer import bench
+from benchmarks import step as bench
 from trainer.config import TrainConfig
 from trainer.loop import (
     TrainStep,
@@ -140,7 +140,7 @@ def test_fused_adam_matches_per_parameter_adam() -> None:
 def test_compile_auto() -> None:
     cfg = TrainConfig()
     assert cfg.compile == "auto"
-    assert not use_compile(cfg, CPU, total_steps=10**6)  # CPU: measured not to pay (trainer.bench)
+    assert not use_compile(cfg, CPU, total_steps=10**6)  # CPU: measured not to pay (benchmarks.step)
     assert use_compile(cfg, torch.device("cuda"), total_steps=10**5)
     assert not use_compile(cfg, torch.device("cuda"), total_steps=20)  # a tiny run never repays the compile
     assert use_compile(cfg.replace(compile="on"), CPU, total_steps=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orchestrator import gpu_check
+from benchmarks import gpu_check
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: run `make gpu-check` itself")

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from search_cli import ROOT, search_command, search_env
 
-from orchestrator.trainable import scratch_dir
+from orchestrator.trials.trainable import scratch_dir
 
 MB = 1024**2
 NODE_STORE = 80 * MB  # each node's own object store (Ray would take 30% of RAM per node otherwise)

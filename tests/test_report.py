@@ -24,10 +24,10 @@ from orchestrator import report
 from orchestrator.report import cli, load, plots
 from orchestrator.report.page import val_ssim_lines
 from orchestrator.report.text import fmt
-from orchestrator.report.wandb_report import build_wandb_report
 from orchestrator.spec import Param
-from orchestrator.study import load_study, write_study
-from orchestrator.wandb_logging import open_trial_logger
+from orchestrator.tracking.report import build_wandb_report
+from orchestrator.tracking.runs import open_trial_logger
+from orchestrator.trials.study import load_study, write_study
 from trainer.export import CARD, SAMPLES
 from trainer.visualize import save_grid
 
@@ -82,7 +82,7 @@ def trial(i: int, status: str, rng: np.random.Generator) -> dict:
 
 
 def study_trial(t: dict) -> optuna.trial.FrozenTrial:
-    """A summary trial as the search's study holds it (orchestrator.study.StudyWriter): valued by its
+    """A summary trial as the search's study holds it (orchestrator.trials.study.StudyWriter): valued by its
     best val SSIM, or FAIL."""
     failed = t["status"] == "failed" or t["best_val_ssim"] is None
     return optuna.trial.create_trial(
@@ -96,7 +96,8 @@ def study_trial(t: dict) -> optuna.trial.FrozenTrial:
 
 
 def reference_records(trials: list[dict]) -> dict[str, dict]:
-    """The first two trials as the paper's-settings and L1-only references, as orchestrator.references records them."""
+    """The first two trials as the paper's-settings and L1-only references, as
+    orchestrator.trials.references records them."""
     labels = {"paper": "paper's settings", "l1_only": "L1 only (paper's settings, no discriminator)"}
     return {
         kind: {

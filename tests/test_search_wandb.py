@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from search_cli import ROOT, search_command, search_env
 
-from orchestrator.wandb_offline import find_runs, read_records, read_run
+from orchestrator.tracking.offline import find_runs, read_records, read_run
 
 FAKE_KEY = "fakekey-" + "0123456789abcdef" * 3  # wandb's key format: 40+ characters after the dash
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from orchestrator.study import LatestOnlyWriter
+from orchestrator.trials.study import LatestOnlyWriter
 
 pytestmark = pytest.mark.fast
 

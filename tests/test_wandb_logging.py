@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orchestrator.wandb_logging import (
+from orchestrator.tracking.offline import OfflineRun, WandbLogError, find_runs, read_run
+from orchestrator.tracking.runs import (
     NullLogger,
     WandbRunLogger,
     check_online_or_fallback,
@@ -27,7 +28,6 @@ from orchestrator.wandb_logging import (
     start_run,
     sync_command,
 )
-from orchestrator.wandb_offline import OfflineRun, WandbLogError, find_runs, read_run
 from trainer.errors import UserError
 
 FAKE_KEY = "fake-key-" + "0123456789abcdef" * 2

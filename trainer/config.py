@@ -128,7 +128,7 @@ class TrainConfig:
         "validation scores it and export ships it (trainer.ema)",
     )
 
-    # execution: each speed switch is its own knob so `trainer.bench` can measure each gain
+    # execution: each speed switch is its own knob so `benchmarks.step` can measure each gain
     seed: int = opt(0, "seed of weights, dropout, shuffling and augmentation")
     device: Device = opt("auto", "auto (CUDA if present, else CPU), cpu or cuda")
     precision: Precision = opt(

@@ -26,6 +26,7 @@ from trainer.config import Device, TrainConfig
 from trainer.data import SPLITS, PairedData, PairedImages, read_pair, side_size
 from trainer.data.volumes import read_subject
 from trainer.errors import UserError, exits_cleanly_on_user_error
+from trainer.export.card import describe_sizes
 from trainer.files import check_output_file
 from trainer.loop import (
     baseline_metrics,
@@ -35,7 +36,6 @@ from trainer.loop import (
     translate,
 )
 from trainer.metrics import per_image_metrics, volume_metrics
-from trainer.model_card import describe_sizes
 from trainer.models import UNetGenerator
 from trainer.names import BASELINE_LABELS, IDENTITY, MEAN_IMAGE, METRIC_NAMES
 from trainer.predict import to_image, to_unit, translate_ras

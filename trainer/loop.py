@@ -104,7 +104,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 
 def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
-    """`channels_last: auto`: on where `trainer.bench` measured it to pay, off where it lost.
+    """`channels_last: auto`: on where `benchmarks.step` measured it to pay, off where it lost.
 
     CUDA: cuDNN's tensor-core convolutions want NHWC. CPUs with bf16 units (AVX-512 bf16, AMX): 1.10x
     at 256 px in fp32 and the layout oneDNN's bf16 kernels use. AVX2-only CPUs: 0.88x (the reference
@@ -274,7 +274,7 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None
 
 
 # ---------------------------------------------------------------------------------------------
-# one training step: the code the loop runs and `trainer.bench` times
+# one training step: the code the loop runs and `benchmarks.step` times
 
 
 def training_batch(
@@ -290,7 +290,7 @@ def training_batch(
 def use_compile(cfg: TrainConfig, device: torch.device, total_steps: int) -> bool:
     """`compile: auto` compiles only where it pays: on CUDA, for runs of at least COMPILE_MIN_STEPS.
 
-    Measured by `trainer.bench`: on CUDA a compiled step is clearly faster and a cold compile
+    Measured by `benchmarks.step`: on CUDA a compiled step is clearly faster and a cold compile
     (10-30 s) is repaid within a few hundred steps. On CPU (oneDNN convolutions, which inductor
     leaves as they are) the compiled step was no faster while the compile took minutes, so auto
     leaves it off there; `compile: on` still forces it.

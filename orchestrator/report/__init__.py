@@ -14,6 +14,6 @@ and the wandb-workspaces package; without them it says so in one line and writes
 """
 
 from orchestrator.report.page import write_report
-from orchestrator.report.wandb_report import publish_wandb_report
+from orchestrator.tracking.report import publish_wandb_report
 
 __all__ = ["publish_wandb_report", "write_report"]

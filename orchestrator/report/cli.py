@@ -8,8 +8,8 @@ from pathlib import Path
 
 from orchestrator.report.load import load_summary
 from orchestrator.report.page import write_report
-from orchestrator.report.wandb_report import publish_wandb_report
-from orchestrator.wandb_logging import MODES, sync_command
+from orchestrator.tracking.report import publish_wandb_report
+from orchestrator.tracking.runs import MODES, sync_command
 from trainer.errors import exits_cleanly_on_user_error
 
 

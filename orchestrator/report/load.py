@@ -1,7 +1,7 @@
 """What the report reads from an experiment folder, checked so that the page and plots can rely on its shape.
 
 summary.json (orchestrator.results writes it), the export's card and samples (trainer.export names them),
-the parameter importances of the Optuna study in optuna.db (orchestrator.study owns that format) and the
+the parameter importances of the Optuna study in optuna.db (orchestrator.trials.study owns that format) and the
 offline W&B runs on disk.
 """
 
@@ -18,7 +18,7 @@ import optuna
 
 from orchestrator.outcomes import SEARCH_METRIC
 from orchestrator.results import EXPORT_DIR, SUMMARY_FILE
-from orchestrator.study import STUDY_FILE, load_study
+from orchestrator.trials.study import STUDY_FILE, load_study
 from trainer import export
 from trainer.errors import UserError
 

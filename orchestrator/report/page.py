@@ -20,7 +20,7 @@ from orchestrator.outcomes import SEARCH_METRIC
 from orchestrator.report import plots
 from orchestrator.report.load import Experiment, best_trial_id, load_experiment, param_names, scored, wandb_dir
 from orchestrator.report.text import fmt, format_duration
-from orchestrator.wandb_offline import WandbLogError, find_runs, read_run
+from orchestrator.tracking.offline import WandbLogError, find_runs, read_run
 from trainer.files import write_atomic_text
 from trainer.names import BASELINE_LABELS, METRIC_NAMES
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from orchestrator.outcomes import SEARCH_METRIC
 from orchestrator.report.load import best_trial_id, param_names, wandb_dir
-from orchestrator.wandb_logging import api_key_configured, server_reachable, wandb_base_url
-from orchestrator.wandb_offline import WandbLogError, find_runs, read_run
+from orchestrator.tracking.offline import WandbLogError, find_runs, read_run
+from orchestrator.tracking.runs import api_key_configured, server_reachable, wandb_base_url
 
 
 def build_wandb_report(summary: dict[str, Any], project: str, entity: str | None) -> Any:

@@ -1,4 +1,4 @@
-"""`python -m trainer.bench`: time the trainer's own step, reference style against the fast path.
+"""`python -m benchmarks.step`: time the trainer's own step, reference style against the fast path.
 
 One process, the current device. For each setting (size x batch) it builds the reference pix2pix
 (3 -> 3 channels, ngf = ndf = 64) once per row, where each row turns on one more speed switch of
@@ -18,10 +18,10 @@ FLOPs are counted with torch.utils.flop_counter.FlopCounterMode on one reference
 (convolutions and matmuls, forward and backward). The peak is a large matmul in the row's
 compute dtype, measured here on the same device. Memory: on CUDA the peak allocated by torch
 during the row's steps; on CPU the persistent state (weights, grads, Adam moments) plus the
-step's transient peak resident memory (trainer.measure.PeakMemory).
+step's transient peak resident memory (benchmarks.measure.PeakMemory).
 
-The other benchmarks: `trainer.bench_eval` (metrics and JPEG decoding), `trainer.bench_concurrent`
-(several trainers sharing one GPU), `trainer.bench_quality` (fp32 against the fast path's quality).
+The other benchmarks: `benchmarks.evaluation` (metrics and JPEG decoding), `benchmarks.concurrent`
+(several trainers sharing one GPU), `benchmarks.quality` (fp32 against the fast path's quality).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.measure import PeakMemory, describe_device, fmt_bytes, median_time, parse_ints, state_bytes, sync
 from trainer.config import TrainConfig
 from trainer.data import PairedImages
 from trainer.errors import UserError, exits_cleanly_on_user_error
@@ -54,7 +55,6 @@ from trainer.loop import (
     use_channels_last,
     use_compile,
 )
-from trainer.measure import PeakMemory, describe_device, fmt_bytes, median_time, parse_ints, state_bytes, sync
 
 console = Console(width=150)
 CHANNELS = 3  # the reference pix2pix: RGB -> RGB
@@ -296,7 +296,7 @@ def setting_table(result: SettingResult, peaks: dict[torch.dtype, float], device
 
 
 def add_timing_args(p: argparse.ArgumentParser, sizes: str, batches: str) -> None:
-    """The flags every step benchmark takes (this one and trainer.bench_concurrent)."""
+    """The flags every step benchmark takes (this one and benchmarks.concurrent)."""
     default = Timing()
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device to time (default: auto)")
     p.add_argument("--sizes", help=f"image sizes, comma-separated (default: {sizes})")
@@ -333,7 +333,7 @@ def timing_from(args: argparse.Namespace) -> Timing:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m trainer.bench",
+        prog="python -m benchmarks.step",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -364,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         TrainConfig(size=size)  # the same validation as training
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # as trainer.loop.train does on CUDA
-    console.print(f"[bold]trainer.bench[/] on {describe_device(device)}; torch {torch.__version__}")
+    console.print(f"[bold]benchmarks.step[/] on {describe_device(device)}; torch {torch.__version__}")
 
     dtypes = {torch.float32} | {d for d in (autocast_dtype("auto", device),) if d is not None}
     peaks = {d: matmul_peak(d, device) for d in sorted(dtypes, key=str)}

@@ -1,4 +1,4 @@
-"""What the benchmarks (`trainer.bench`, `trainer.bench_concurrent`, `trainer.bench_eval`) measure with:
+"""What the benchmarks (`benchmarks.step`, `benchmarks.concurrent`, `benchmarks.evaluation`) measure with:
 median timings that wait for the device, the peak memory one call needs, the bytes of a training
 state, the device's one-line description and the comma-separated integer flags they take.
 """

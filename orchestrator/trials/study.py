@@ -36,11 +36,11 @@ from typing import Any
 import optuna
 from ray import tune
 
-from orchestrator.endings import TrialEndings
 from orchestrator.outcomes import Ending, EndReason, end_reason, error_line
-from orchestrator.references import is_l1_reference
 from orchestrator.results import saved_best
-from orchestrator.trainable import PANEL_FILE
+from orchestrator.trials.endings import TrialEndings
+from orchestrator.trials.references import is_l1_reference
+from orchestrator.trials.trainable import PANEL_FILE
 
 STUDY_FILE = "optuna.db"
 ARTIFACT_DIR = "optuna_artifacts"
@@ -204,7 +204,7 @@ class LatestOnlyWriter:
 
     A rewrite costs about 9 ms per trial, so with hundreds of trials ending back to back the thread
     would rewrite without pause and hold the driver's GIL much of the time (39% of the driver's
-    samples at 200 trials, 64 at once: orchestrator.bench_driver under py-spy). After each write it
+    samples at 200 trials, 64 at once: benchmarks.driver under py-spy). After each write it
     rests `REST` times as long as the write took, unless a flush is waiting: the study then lags the
     search by a few rewrites' time at most, and the thread takes at most 1 / (1 + REST) of a core."""
 

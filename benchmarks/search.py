@@ -1,4 +1,4 @@
-"""`python -m orchestrator.bench_search`: does TPE + early stopping find good models with less compute?
+"""`python -m benchmarks.search`: does TPE + early stopping find good models with less compute?
 
 For each task (--data) and seed (--seeds), runs each method (--methods) once with the same trial
 budget, all in one Ray session. `random` always runs: Optuna's random sampler with every trial running
@@ -35,9 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.endings import TrialEndings
 from orchestrator.outcomes import METRIC, SEARCH_METRIC, EndReason
-from orchestrator.progress import LiveTrialTable
 from orchestrator.results import summarize_trials
 from orchestrator.runner import (
     QUIET_ENV,
@@ -48,7 +46,9 @@ from orchestrator.runner import (
     start_ray,
 )
 from orchestrator.spec import DEFAULT_SPEC, SearchSettings, SearchSpec, load_spec
-from orchestrator.trainable import TrialSettings
+from orchestrator.trials.endings import TrialEndings
+from orchestrator.trials.progress import LiveTrialTable
+from orchestrator.trials.trainable import TrialSettings
 from trainer.builtin import BUILTIN_PREFIX
 from trainer.cli import OneLineErrorParser, add_dataclass_flags, given_flags
 from trainer.config import TrainConfig
@@ -306,7 +306,7 @@ def method_label(label: str) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = OneLineErrorParser(
-        prog="python -m orchestrator.bench_search",
+        prog="python -m benchmarks.search",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

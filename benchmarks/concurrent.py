@@ -1,7 +1,7 @@
-"""`python -m trainer.bench_concurrent`: several trainers sharing one GPU.
+"""`python -m benchmarks.concurrent`: several trainers sharing one GPU.
 
 For each count in --counts it starts that many processes, each training the reference pix2pix with
-the default fast path (the step `trainer.bench` times), and reports the aggregate images/s of all of
+the default fast path (the step `benchmarks.step` times), and reports the aggregate images/s of all of
 them together and the peak memory of each: what `gpus_per_trial` in a search spec is chosen from.
 CUDA only: on a CPU, trials split the cores instead (see cpus_per_trial).
 """
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import torch
 from rich.table import Table
 
-from trainer.bench import LONG_RUN_STEPS, Timing, add_timing_args, build_row, console, timing_from
+from benchmarks.measure import describe_device, parse_ints
+from benchmarks.step import LONG_RUN_STEPS, Timing, add_timing_args, build_row, console, timing_from
 from trainer.config import TrainConfig
 from trainer.errors import UserError, exits_cleanly_on_user_error
 from trainer.loop import pick_device, use_compile
-from trainer.measure import describe_device, parse_ints
 
 DEFAULT_COUNTS = "1,2,4"
 
@@ -102,7 +102,7 @@ def concurrent_table(results: list[ConcurrentResult], size: int, batch: int) -> 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m trainer.bench_concurrent",
+        prog="python -m benchmarks.concurrent",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -123,10 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = pick_device(args.device)
     if device.type != "cuda":
         raise UserError(
-            "trainer.bench_concurrent measures several trainers sharing one GPU, and no CUDA GPU is visible "
+            "benchmarks.concurrent measures several trainers sharing one GPU, and no CUDA GPU is visible "
             "here; run it on a GPU machine (on CPU, trials split the cores: see cpus_per_trial)"
         )
-    console.print(f"[bold]trainer.bench_concurrent[/] on {describe_device(device)}; torch {torch.__version__}")
+    console.print(f"[bold]benchmarks.concurrent[/] on {describe_device(device)}; torch {torch.__version__}")
     for size in sizes:
         for batch in batches:
             console.print(concurrent_table(measure_concurrent(counts, size, batch, timing), size, batch))

@@ -6,7 +6,7 @@ from it like from any trial. Unless `search.l1_reference: false`, the second tri
 settings without the discriminator (gan_weight 0): the L1-only model, which shows whether the GAN
 helps at all on this data. That one is not a point of the searched space: `ReferenceSearcher`
 hands it to Tune itself and keeps it from Optuna, and it is not written into the Optuna study
-(orchestrator.study). Both keep their best generator on disk (orchestrator.retention), are scored on
+(orchestrator.trials.study). Both keep their best generator on disk (orchestrator.trials.retention), are scored on
 the test split after the search, and compete for the export like any trial (orchestrator.results):
 the model card says which kind won.
 """

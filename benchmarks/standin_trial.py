@@ -1,4 +1,4 @@
-"""The stand-in trial of `orchestrator.bench_driver`: what a trial looks like to the driver, without training.
+"""The stand-in trial of `benchmarks.driver`: what a trial looks like to the driver, without training.
 
 Each epoch sleeps for an epoch's time, then reports the metric names the real trainable reports,
 with a checkpoint of a chosen size and the sample panel PNG in it. It imports neither torch nor

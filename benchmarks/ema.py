@@ -1,4 +1,4 @@
-"""`python -m trainer.bench_ema`: does an EMA of the generator (`ema_decay`) give better or steadier models?
+"""`python -m benchmarks.ema`: does an EMA of the generator (`ema_decay`) give better or steadier models?
 
 Trains each built-in 2D set with each seed twice, without and with the EMA, everything else equal,
 and prints per set the best val SSIM (the epoch a search would export) and the mean absolute change
@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from trainer.bench_quality import DEFAULT_RUN
+from benchmarks.quality import DEFAULT_RUN
 from trainer.config import TrainConfig
 from trainer.data import load_run_data
 from trainer.errors import exits_cleanly_on_user_error
@@ -62,7 +62,7 @@ def run_once(cfg: TrainConfig, run_dir: Path) -> Run:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m trainer.bench_ema", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.ema", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--sets", default=",".join(SETS), help="data sets, comma-separated (default: %(default)s)")
     p.add_argument("--seeds", default="0,1,2", help="trainer seeds, comma-separated (default: %(default)s)")

@@ -25,11 +25,11 @@ import numpy as np
 from PIL import Image
 from ray import tune
 
-from orchestrator.endings import TrialEndings
 from orchestrator.outcomes import EPOCH_KEYS, PROGRESS_KEYS, Ending, end_reason, error_line
 from orchestrator.results import saved_best
-from orchestrator.trainable import PANEL_FILE
-from orchestrator.wandb_logging import RunLogger, open_trial_logger
+from orchestrator.tracking.runs import RunLogger, open_trial_logger
+from orchestrator.trials.endings import TrialEndings
+from orchestrator.trials.trainable import PANEL_FILE
 
 LOGGED_KEYS = EPOCH_KEYS + PROGRESS_KEYS
 PANEL_CAPTION = "input | output | target"

@@ -1,9 +1,9 @@
-"""`python -m orchestrator.gpu_check` (`make gpu-check`): what one GPU gives this project, as markdown.
+"""`python -m benchmarks.gpu_check` (`make gpu-check`): what one GPU gives this project, as markdown.
 
 Three parts, about 5-8 minutes on one H100/H200:
-1. the trainer's step at 256 px, batch 16 (`trainer.bench`): the reference style against each speed
+1. the trainer's step at 256 px, batch 16 (`benchmarks.step`): the reference style against each speed
    switch up to the default fast path, with the first step's time (the compile cost) and peak memory;
-2. 1, 2 and 4 trainers sharing the GPU (`trainer.bench_concurrent`): aggregate images/s and peak
+2. 1, 2 and 4 trainers sharing the GPU (`benchmarks.concurrent`): aggregate images/s and peak
    memory each, which is what `gpus_per_trial` in search_spaces/gpu-256.yaml is chosen from;
 3. a tiny search with `--gpus-per-trial 0.5` (two trials on the GPU at once) that must end with an
    export, run through the search CLI as a user runs it.
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from trainer import bench
-from trainer.bench_concurrent import measure_concurrent
+from benchmarks import step as bench
+from benchmarks.concurrent import measure_concurrent
+from benchmarks.measure import fmt_bytes, state_bytes
 from trainer.errors import UserError, exits_cleanly_on_user_error
-from trainer.measure import fmt_bytes, state_bytes
 
 SIZE, BATCH = 256, 16
 CONCURRENT = [1, 2, 4]
@@ -119,7 +119,7 @@ def tiny_search(storage: Path) -> str:
 @exits_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.gpu_check",
+        prog="python -m benchmarks.gpu_check",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -4,7 +4,7 @@ and a person load.
     model.safetensors         generator weights; its metadata holds the generator config and value range
     config.json               what rebuilds the network and maps intensities (generator config, the full
                               training config, value range, intensity mapping)
-    README.md                 the model card for people and hubs (trainer.model_card), from the same
+    README.md                 the model card for people and hubs (trainer.export.card), from the same
                               numbers as model_card.json
     generator.pt              {"generator_config": ..., "state_dict": ...}, loads with weights_only=True
     generator.torchscript.pt  traced TorchScript module
@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 from trainer.checkpoint import checked_generator, checkpoint_entries, load_torch, save_torch
 from trainer.config import GeneratorConfig
 from trainer.errors import UserError
+from trainer.export.card import render_model_card
 from trainer.files import (
     json_safe,
     nearest_existing,
@@ -48,7 +49,6 @@ from trainer.files import (
     write_atomic_text,
     write_json,
 )
-from trainer.model_card import render_model_card
 from trainer.models import UNetGenerator
 from trainer.visualize import save_grid
 

@@ -1,6 +1,6 @@
-"""`python -m orchestrator.bench_driver`: does the search's driver keep up with many trials at once?
+"""`python -m benchmarks.driver`: does the search's driver keep up with many trials at once?
 
-Runs stand-in trials (orchestrator.standin_trial: each epoch sleeps for --epoch-seconds, then reports
+Runs stand-in trials (benchmarks.standin_trial: each epoch sleeps for --epoch-seconds, then reports
 the real metric names with a checkpoint of --checkpoint-mb and, every image_every epochs, a real
 ~30 KB sample panel) on a local Ray with --concurrent logical CPUs, one trial per CPU, through the
 driver the search uses: the Optuna TPE searcher, and the runner's callbacks (trial endings,
@@ -39,17 +39,17 @@ from PIL import Image
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
-from orchestrator.endings import TrialEndings
+from benchmarks.standin_trial import StandInSettings, run_standin_trial
 from orchestrator.outcomes import SearchState
-from orchestrator.ray_output import result_loggers
 from orchestrator.report import write_report
 from orchestrator.results import summarize_trials, write_summary
 from orchestrator.runner import QUIET_ENV, checkpoint_config, search_algorithm, search_callbacks, start_ray
 from orchestrator.spec import DEFAULT_SPEC, SearchSpec, load_spec
-from orchestrator.standin_trial import StandInSettings, run_standin_trial
-from orchestrator.trainable import CHECKPOINT_FILES, PANEL_FILE
-from orchestrator.wandb_callback import LOGGED_KEYS
-from orchestrator.wandb_logging import sync_command
+from orchestrator.tracking.callback import LOGGED_KEYS
+from orchestrator.tracking.runs import sync_command
+from orchestrator.trials.endings import TrialEndings
+from orchestrator.trials.ray_output import result_loggers
+from orchestrator.trials.trainable import CHECKPOINT_FILES, PANEL_FILE
 from trainer.errors import UserError, exits_cleanly_on_user_error
 
 GOAL_OVERHEAD = 0.20
@@ -276,7 +276,7 @@ def trial_counts(text: str) -> list[int]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m orchestrator.bench_driver",
+        prog="python -m benchmarks.driver",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

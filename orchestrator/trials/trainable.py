@@ -45,7 +45,7 @@ class TrialSettings:
 def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
     """Tune calls this once per trial (and again for each retry or resume of that trial).
 
-    Logging happens in the driver (orchestrator.wandb_callback) from what is reported here: a trial
+    Logging happens in the driver (orchestrator.tracking.callback) from what is reported here: a trial
     stopped by the scheduler is ended by Ray at once, with no time to flush a logger of its own.
     """
     torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))

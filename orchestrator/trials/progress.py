@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from orchestrator.endings import TrialEndings
 from orchestrator.outcomes import end_reason
+from orchestrator.trials.endings import TrialEndings
 
 SHOWN_PARAMS = ("lambda_l1", "dropout", "lr_G", "lr_D")
 STATUS_STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim", "PAUSED": "yellow"}

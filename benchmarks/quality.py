@@ -1,4 +1,4 @@
-"""`python -m trainer.bench_quality`: does the fast path cost quality? fp32 against the default fast path.
+"""`python -m benchmarks.quality`: does the fast path cost quality? fp32 against the default fast path.
 
 Trains the same configuration with the same seed twice, once in plain fp32 (NCHW, per-parameter Adam)
 and once with the trainer's default speed switches (autocast where the hardware has it, channels_last,
@@ -62,7 +62,7 @@ def train_and_score(cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, float], 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m trainer.bench_quality",
+        prog="python -m benchmarks.quality",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

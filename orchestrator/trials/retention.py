@@ -6,7 +6,7 @@ the best epoch's generator (`best_generator.pt`) and the split. Once the trial h
 will continue it, so only the latest checkpoint stays, without the full state, and only the
 `keep_generators` best trials keep their best generator (the one the export takes, and the ones a
 user may want to evaluate later), and so do the reference trials, which are scored on the test split
-after the search (orchestrator.references). `keep_full_state` keeps everything. Failed and interrupted trials
+after the search (orchestrator.trials.references). `keep_full_state` keeps everything. Failed and interrupted trials
 keep everything: `--resume` continues them from `last.pt`.
 
 At 64 px with ngf 32 a full checkpoint is about 90 MB and a generator 29 MB; at 256 px with ngf 64,
@@ -19,10 +19,10 @@ from typing import Any
 
 from ray import tune
 
-from orchestrator.endings import TrialEndings
 from orchestrator.outcomes import Ending
-from orchestrator.references import reference_of
 from orchestrator.spec import SearchSpec
+from orchestrator.trials.endings import TrialEndings
+from orchestrator.trials.references import reference_of
 from trainer.checkpoint import BEST_GENERATOR, LAST
 
 

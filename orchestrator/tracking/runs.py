@@ -29,7 +29,7 @@ from wandb.sdk.lib import wbauth
 from wandb.sdk.wandb_run import Run
 
 from orchestrator.outcomes import EndReason
-from orchestrator.wandb_offline import wait_until_complete
+from orchestrator.tracking.offline import wait_until_complete
 from trainer.errors import UserError
 
 MODES = ("off", "offline", "online")
@@ -202,7 +202,7 @@ def start_run(
         x_disable_stats=True,  # no system-metrics sampler thread per trial
         silent=True,  # no banner per trial; the search prints the sync command once
         # The installed packages are the same for every run of a search: its own run records them.
-        # Listing them was most of a trial run's start (profiled in orchestrator.bench_driver).
+        # Listing them was most of a trial run's start (profiled in benchmarks.driver).
         x_save_requirements=job_type != "trial",
     )
     return wandb.init(

@@ -1,4 +1,4 @@
-"""`python -m trainer.bench_eval`: what evaluation and decoding cost.
+"""`python -m benchmarks.evaluation`: what evaluation and decoding cost.
 
 - SSIM/PSNR/MAE of a batch of 32 images: the trainer's batched torch metrics on the device against
   scikit-image, image by image, on the CPU;
@@ -17,10 +17,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from trainer.bench import CHANNELS, console
+from benchmarks.measure import describe_device, median_time, parse_ints
+from benchmarks.step import CHANNELS, console
 from trainer.errors import exits_cleanly_on_user_error
 from trainer.loop import pick_device
-from trainer.measure import describe_device, median_time, parse_ints
 from trainer.metrics import per_image_metrics
 
 EVAL_IMAGES = 32
@@ -72,7 +72,9 @@ def bench_decode(size: int, repeats: int = 20) -> float:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m trainer.bench_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.evaluation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device for the torch metrics")
     p.add_argument("--sizes", default="256,64", help="image sizes, comma-separated (default: %(default)s)")
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = parse_ints(args.sizes, "sizes")
     device = pick_device(args.device)
-    console.print(f"[bold]trainer.bench_eval[/] on {describe_device(device)}; torch {torch.__version__}")
+    console.print(f"[bold]benchmarks.evaluation[/] on {describe_device(device)}; torch {torch.__version__}")
     for size in sorted(set(sizes)):
         torch_s, skimage_s = bench_eval(size, device)
         console.print(
