@@ -40,16 +40,18 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from benchmarks.standin_trial import StandInSettings, run_standin_trial
+from orchestrator.cluster import start_ray
+from orchestrator.driver import QUIET_ENV
 from orchestrator.outcomes import SearchState
 from orchestrator.report import write_report
 from orchestrator.results import summarize_trials, write_summary
-from orchestrator.runner import QUIET_ENV, checkpoint_config, search_algorithm, search_callbacks, start_ray
 from orchestrator.spec import DEFAULT_SPEC, SearchSpec, load_spec
 from orchestrator.tracking.callback import LOGGED_KEYS
 from orchestrator.tracking.runs import sync_command
-from orchestrator.trials.endings import TrialEndings
+from orchestrator.trials.endings import SearchStop, TrialEndings
 from orchestrator.trials.ray_output import result_loggers
 from orchestrator.trials.trainable import CHECKPOINT_FILES, PANEL_FILE
+from orchestrator.tuner import checkpoint_config, search_algorithm, search_callbacks
 from trainer.errors import UserError, exits_cleanly_on_user_error
 
 GOAL_OVERHEAD = 0.20
@@ -211,7 +213,11 @@ def run_bench(trials: int, args: argparse.Namespace, root: Path) -> BenchRow:
     clock = DriverClock()
     # The search's own callbacks (the Optuna study is written by one of them, inside the fit), or
     # none: the same fit with Tune alone, the baseline that shows what our callbacks add.
-    ours = search_callbacks(spec, name, out_dir, args.wandb, PROJECT, args.epochs) if args.callbacks == "ours" else []
+    ours = (
+        search_callbacks(spec, name, out_dir, args.wandb, PROJECT, args.epochs, SearchStop())
+        if args.callbacks == "ours"
+        else []
+    )
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(run_standin_trial, settings=settings), {"cpu": 1}),
         tune_config=tune.TuneConfig(

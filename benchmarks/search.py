@@ -35,20 +35,15 @@ from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cluster import start_ray
+from orchestrator.driver import QUIET_ENV
 from orchestrator.outcomes import METRIC, SEARCH_METRIC, EndReason
 from orchestrator.results import summarize_trials
-from orchestrator.runner import (
-    QUIET_ENV,
-    make_scheduler,
-    make_searcher,
-    make_trainable,
-    resolve_epochs,
-    start_ray,
-)
 from orchestrator.spec import DEFAULT_SPEC, SearchSettings, SearchSpec, load_spec
-from orchestrator.trials.endings import TrialEndings
+from orchestrator.trials.endings import SearchStop, TrialEndings
 from orchestrator.trials.progress import LiveTrialTable
 from orchestrator.trials.trainable import TrialSettings
+from orchestrator.tuner import make_scheduler, make_searcher, make_trainable, resolve_epochs
 from trainer.builtin import BUILTIN_PREFIX
 from trainer.cli import OneLineErrorParser, add_dataclass_flags, given_flags
 from trainer.config import TrainConfig
@@ -211,7 +206,7 @@ def run_method(method: Method, spec: SearchSpec, storage: Path, name: str) -> Ou
         stop_patience=spec.search.stop_patience if method.early_stopping else 0,
         image_every=epochs,
     )
-    endings = TrialEndings(0.0, storage / name)
+    endings = TrialEndings(0.0, storage / name, SearchStop())
     tuner = tune.Tuner(
         make_trainable(spec, settings),
         tune_config=tune.TuneConfig(

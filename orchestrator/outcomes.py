@@ -6,11 +6,16 @@ light on purpose (no torch, no Ray), so importing a name never imports the train
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
+from typing import Any
 
-from trainer.names import LOSS_NAMES, METRIC_NAMES
+from trainer.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE
+from trainer.names import LOSS_NAMES, METRIC_BY_NAME, METRIC_NAMES
 
 METRIC = "val_ssim"  # ASHA compares trials on each epoch's val SSIM
+MODE = METRIC_BY_NAME["ssim"].direction  # the better way of METRIC and SEARCH_METRIC
 SEARCH_METRIC = "best_val_ssim"  # Optuna learns from a trial's best epoch, the one that would be exported
 # Each epoch's numbers that summary.json keeps and W&B charts (trainer.loop.EpochResult.metrics names them).
 EPOCH_KEYS = ("epoch", *LOSS_NAMES, *(f"val_{m}" for m in METRIC_NAMES), "lr_G", "lr_D")
@@ -48,7 +53,44 @@ class SearchState(Text):
     """summary.json's `state`: whether the search ran to its end (budget included) or was stopped."""
 
     FINISHED = "finished"
-    INTERRUPTED = "interrupted"  # Ctrl-C; --resume continues it
+    INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM or a full disk; --resume continues it
+
+
+class StopCause(Text):
+    """Why the driver stopped a search before its end (orchestrator.trials.endings.SearchStop)."""
+
+    CTRL_C = "ctrl_c"
+    SIGTERM = "sigterm"
+    STORAGE = "storage"  # a full disk, quota or file-size limit, in a trial or in the driver's own writes
+
+
+# The driver's exit code for each way a search stops early: the shell's for signals, and the
+# project's bad-input code for storage the user must mend.
+STOP_EXIT_CODES = {
+    StopCause.CTRL_C: EXIT_INTERRUPTED,
+    StopCause.SIGTERM: EXIT_TERMINATED,
+    StopCause.STORAGE: EXIT_USAGE,
+}
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """How one run of the driver ended: what `run_search` returns and the CLI turns into its last
+    lines and exit code."""
+
+    state: SearchState
+    resume_command: str
+    stop: StopCause | None = None  # None: it ran to its end (its time budget included)
+    detail: str = ""  # the stop's one line: which trial met a full disk, or which file the driver wrote
+    advice: str = ""  # what to do before --resume, for a storage stop
+    summary: dict[str, Any] | None = None  # summary.json as written; None when stopped before it was
+    exported: Path | None = None  # the export folder of the best trial, when there was one
+
+    @property
+    def exit_code(self) -> int:
+        if self.state == SearchState.INTERRUPTED:
+            return STOP_EXIT_CODES[self.stop or StopCause.CTRL_C]
+        return 0 if self.exported else 1
 
 
 def end_reason(epochs_run: int, epochs: int, plateaued: bool, ending: str | None) -> EndReason:

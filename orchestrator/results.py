@@ -15,18 +15,28 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from orchestrator.outcomes import EPOCH_KEYS, Ending, EndReason, SearchState, describe_end, end_reason, error_line
+from orchestrator.outcomes import (
+    EPOCH_KEYS,
+    METRIC,
+    MODE,
+    Ending,
+    EndReason,
+    SearchState,
+    describe_end,
+    end_reason,
+    error_line,
+)
 from orchestrator.spec import SearchSpec, format_duration
 from orchestrator.trials.endings import EndingsRecord
 from orchestrator.trials.references import KIND_LABELS, kind_of, reference_records
 from trainer.checkpoint import BEST_GENERATOR, RunState
 from trainer.data import PairedData
 from trainer.errors import UserError
-from trainer.evaluate import NativeScores, evaluate_generator
+from trainer.evaluation import NativeScores, evaluate_generator
 from trainer.export import export_generator
 from trainer.files import write_json
 from trainer.loop import baseline_metrics, evaluate, pick_device
-from trainer.names import BASELINE_LABELS
+from trainer.names import BASELINE_LABELS, METRICS
 
 SUMMARY_FILE = "summary.json"
 EXPORT_DIR = "best"  # the best trial's exported generator, in the experiment folder
@@ -244,8 +254,8 @@ def write_summary(
     summary = {
         "name": name,
         "state": state,
-        "metric": "val_ssim",
-        "mode": "max",
+        "metric": METRIC,
+        "mode": MODE,
         "data": cfg.data,
         "fixed": spec.train,
         "space": {name: p.describe() for name, p in spec.space.items()},
@@ -282,9 +292,8 @@ def render_summary(summary: dict[str, Any]) -> Table:
         return table
     kind = f", {best['kind_label']}" if best.get("kind_label") else ""
     table.add_column(f"best trial {best['trial_id']}{kind} (epoch {best['epoch']})")
-    table.add_column("SSIM", justify="right")
-    table.add_column("PSNR dB", justify="right")
-    table.add_column("MAE", justify="right")
+    for metric in METRICS:
+        table.add_column(metric.label, justify="right")
     rows = []
     for split in ("val", "test"):
         rows.append((split, best[split], split))

@@ -7,21 +7,29 @@ running Ray cluster. Every setting of the YAML spec can be overridden by a flag 
 from __future__ import annotations
 
 import argparse
-import errno
 import re
-import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.outcomes import SearchState
-from orchestrator.spec import AUTO_EPOCHS, DEFAULT_SPEC, SearchSettings, SearchSpec, epochs_flag, load_spec, save_spec
-from trainer.cli import OneLineErrorParser, add_dataclass_flags, given_flags
+from orchestrator.outcomes import SearchState, StopCause
+from orchestrator.spec import (
+    AUTO_EPOCHS,
+    CHANGEABLE_ON_RESUME,
+    DEFAULT_SPEC,
+    SPEC_FILE,
+    SearchSettings,
+    SearchSpec,
+    epochs_flag,
+    load_spec,
+    save_spec,
+)
+from orchestrator.storage import EXPERIMENTS, ExperimentPlace, is_uri
+from trainer.cli import OneLineErrorParser, add_dataclass_flags, flag, given_flags
 from trainer.config import TrainConfig
-from trainer.errors import EXIT_INTERRUPTED, UserError, exits_cleanly_on_user_error
+from trainer.errors import UserError, exits_cleanly_on_user_error
 
-EXPERIMENTS = Path("experiments")
 WANDB_PROJECT = "pix2pix-tune"
 
 
@@ -34,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, help=f"search spec YAML (train / search / space; default: {DEFAULT_SPEC})")
+    default = load_spec(DEFAULT_SPEC)  # what runs without --config: the help shows its values
+    p.add_argument(
+        "--config", type=Path, help=f"search spec YAML (train / search / space; default: {DEFAULT_SPEC.name})"
+    )
     p.add_argument(
         "--address",
         help="Ray cluster to join ('auto' = the one this machine belongs to); "
@@ -55,17 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wandb",
         choices=("off", "offline", "online"),
-        help="W&B logging (default: online when an API key is configured, else offline); may change on --resume",
+        help="W&B logging (default: online when an API key is configured, else offline; with --resume: as the "
+        "search started)",
     )
     p.add_argument("--wandb-project", default=WANDB_PROJECT, help=f"W&B project (default: {WANDB_PROJECT})")
     add_dataclass_flags(
         p,
         TrainConfig,
-        "trainer settings (override the spec's train section)",
+        f"trainer settings (override the spec's train section; defaults: {DEFAULT_SPEC.name})",
         only=TRAIN_FLAGS,
         types={"epochs": (epochs_flag, f"N|{AUTO_EPOCHS}")},  # a search also takes auto (spec.py)
+        defaults=default.train,
     )
-    add_dataclass_flags(p, SearchSettings, "search settings (override the spec's search section)")
+    add_dataclass_flags(
+        p,
+        SearchSettings,
+        f"search settings (override the spec's search section; defaults: {DEFAULT_SPEC.name})",
+        defaults=default.search.__dict__,
+    )
     return p
 
 
@@ -82,18 +100,13 @@ def flag_of(key: str) -> str:
     """The flag that sets a spec key (train.batch_size -> --batch-size), or the key when none does."""
     section, name = key.split(".", 1)
     flagged = section == "search" or (section == "train" and name in TRAIN_FLAGS)
-    return f"--{name.replace('_', '-')}" if flagged else key
+    return flag(name) if flagged else key
 
 
-# What a resumed search may change (orchestrator.trials.limits applies them); every other setting
-# shapes the trials Tune saved, so a resume refuses to change it.
-CHANGEABLE_ON_RESUME = ("search.num_samples", "search.max_concurrent")
-
-
-def resumed_spec(args: argparse.Namespace, saved_path: Path) -> SearchSpec:
-    """The spec a search started with, checked against this run's --config and flags: a resumed
-    search continues the trials Tune saved, so nothing that shapes them may change. The number of
-    trials and of trials at once may: they are taken from this run, and spec.yaml is updated."""
+def resumed_spec(args: argparse.Namespace, saved_path: Path) -> tuple[SearchSpec, bool]:
+    """The spec a search started with, checked against this run's --config and flags, and whether this
+    run changed it: a resumed search continues the trials Tune saved, so only what CHANGEABLE_ON_RESUME
+    names may change; it is taken from this run, and spec.yaml is updated."""
     saved = load_spec(saved_path)
     asked = spec_from_args(args, load_spec(args.config) if args.config else saved)
     differences = saved.differences(asked)
@@ -106,27 +119,17 @@ def resumed_spec(args: argparse.Namespace, saved_path: Path) -> SearchSpec:
             + (f" ({len(changed) - 1} more: {', '.join(changed[1:])})" if len(changed) > 1 else "")
         )
     if not differences:
-        return saved
+        return saved, False
     for key in differences:
         print(f"resuming with {flag_of(key)} {value_of(asked, key)} (was {value_of(saved, key)}); {saved_path} updated")
     resumed = saved.with_overrides({}, {key.split(".", 1)[1]: value_of(asked, key) for key in differences})
     save_spec(resumed, saved_path.parent)
-    return resumed
+    return resumed, True
 
 
 def value_of(spec: SearchSpec, key: str) -> Any:
     section, name = key.split(".", 1)
     return spec.to_dict()[section].get(name)
-
-
-def resume_command(name: str, storage_path: str) -> str:
-    return shlex.join(
-        ["python", "-m", "orchestrator.search", "--resume", "--name", name, "--storage-path", storage_path]
-    )
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
 
 
 def experiment_name(args: argparse.Namespace, storage_path: str) -> str:
@@ -150,36 +153,31 @@ def experiment_name(args: argparse.Namespace, storage_path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     storage_path = args.storage_path if is_uri(args.storage_path) else str(Path(args.storage_path).resolve())
-    name = experiment_name(args, storage_path)
-    # Our own outputs (summary, report, export, Optuna study, W&B runs) need a local folder; with a
-    # remote storage path they are written here and uploaded next to Tune's results.
-    out_dir = (EXPERIMENTS.resolve() if is_uri(storage_path) else Path(storage_path)) / name
+    place = ExperimentPlace.of(storage_path, experiment_name(args, storage_path))
     # These import Ray: keep --help fast.
-    from orchestrator.runner import RunOptions, fetch_saved_spec, run_search
-    from orchestrator.trials.endings import DISK_FULL
+    from orchestrator.driver import RunOptions, held_by_this_driver, run_search, saved_summary
 
-    if args.resume:
-        spec = resumed_spec(args, fetch_saved_spec(out_dir, f"{storage_path.rstrip('/')}/{name}"))
-    else:
-        spec = spec_from_args(args, load_spec(args.config or DEFAULT_SPEC))
-    try:
-        run = RunOptions(args.address, args.resume, args.wandb, args.wandb_project)
-        summary = run_search(spec, name, storage_path, out_dir, run)
-    except KeyboardInterrupt:
-        summary = {"state": SearchState.INTERRUPTED}
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
-            raise
-        # A trial's full disk (it stopped the search: orchestrator.trials.endings) or the driver's own write.
-        where = DISK_FULL.get("where") or (f"writing {err.filename}" if err.filename else "")
-        raise UserError(
-            f"no space left on the device{f' ({where})' if where else ''}; free space and continue with: "
-            f"{resume_command(name, storage_path)}"
-        ) from None
-    if summary["state"] == SearchState.INTERRUPTED:
-        print(f"interrupted; continue the search with:\n  {resume_command(name, storage_path)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 0 if summary.get("best") else 1
+    with held_by_this_driver(place, new=not args.resume):
+        wandb = args.wandb
+        if args.resume:
+            spec, changed = resumed_spec(args, place.fetch(SPEC_FILE))
+            summary = saved_summary(place)
+            if summary and summary["state"] == SearchState.FINISHED and not changed:
+                print(
+                    f"{place.path}: this search is complete ({len(summary['trials'])} trials); nothing to resume. "
+                    "Pass --num-samples with more trials to run more."
+                )
+                return 0
+            if wandb is None and summary is not None:  # the mode it started with, unless --wandb says otherwise
+                wandb = summary["wandb"]["mode"] if summary["wandb"] else "off"
+        else:
+            spec = spec_from_args(args, load_spec(args.config or DEFAULT_SPEC))
+        outcome = run_search(spec, place, RunOptions(args.address, args.resume, wandb, args.wandb_project))
+    if outcome.stop == StopCause.STORAGE:
+        raise UserError(f"{outcome.detail}; {outcome.advice} and continue with: {outcome.resume_command}")
+    if outcome.state == SearchState.INTERRUPTED:
+        print(f"interrupted; continue the search with:\n  {outcome.resume_command}", file=sys.stderr)
+    return outcome.exit_code
 
 
 if __name__ == "__main__":

@@ -49,10 +49,18 @@ def parse_duration(value: Any, where: str) -> float:
     return float(match.group(1)) * SECONDS_PER_UNIT[match.group(2)]
 
 
-def format_duration(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:g} h"
-    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+def format_duration(seconds: float | None) -> str:
+    """Seconds for people, as the banner, summary and report show budgets and wall times: 24.3 s,
+    9 min, 7 min 05 s, 1 h 30 min (a dash when unknown)."""
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s".replace(".0 s", " s")
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min" + (f" {secs:02d} s" if secs else "")
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h" + (f" {minutes:02d} min" if minutes else "")
 
 
 # Trainer parameters a space may not hold, and why.
@@ -61,6 +69,9 @@ UNSEARCHABLE = {
     "to a number or to auto (ASHA already gives weak trials fewer epochs)",
 }
 SPEC_FILE = "spec.yaml"  # the spec of a search, in its experiment folder
+# What a resumed search may change (orchestrator.trials.limits applies them over the saved search);
+# every other setting shapes the trials Tune saved, so a resume refuses to change it.
+CHANGEABLE_ON_RESUME = ("search.num_samples", "search.max_concurrent")
 AUTO_EPOCHS = "auto"  # train.epochs: enough epochs to see search.min_train_images training pairs
 
 

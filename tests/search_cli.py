@@ -20,3 +20,10 @@ def search_command(storage: str | Path, name: str, *flags: str, config: Path = T
 def search_env(**extra: str) -> dict[str, str]:
     """This process's environment (PIX2PIX_CACHE, WANDB_MODE, ...) with the project importable."""
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def result_lines(experiment: Path) -> dict[str, int]:
+    """Reported epochs per trial folder, read from Tune's result.json files."""
+    return {
+        p.parent.name.split("_")[2]: len(p.read_text().splitlines()) for p in experiment.glob("run_trial_*/result.json")
+    }

@@ -185,6 +185,24 @@ def translate(G: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def split_metrics(
+    images: PairedImages,
+    output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+    batch_size: int,
+    prefix: str,
+) -> dict[str, float]:
+    """Mean SSIM / PSNR / MAE over a split of `output(a, b)` against the target b, a batch at a
+    time: the one loop behind a model's scores and its baselines'."""
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in METRIC_NAMES}
+    for start in range(0, len(images), batch_size):
+        a, b = images.batch(torch.arange(start, min(start + batch_size, len(images))))
+        b = b.to(device)
+        for name, values in per_image_metrics(output(a, b), b).items():
+            parts[name].append(values)
+    return {f"{prefix}_{name}": torch.cat(values).mean().item() for name, values in parts.items()}
+
+
 def evaluate(
     G: nn.Module,
     images: PairedImages,
@@ -192,26 +210,15 @@ def evaluate(
     prefix: str = "val",
 ) -> dict[str, float]:
     """Mean SSIM / PSNR / MAE of G's fp32 outputs over a split (eval mode: running BN stats, no dropout)."""
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in METRIC_NAMES}
-    for start in range(0, len(images), batch_size):
-        a, b = images.batch(torch.arange(start, min(start + batch_size, len(images))))
-        fake = translate(G, a)
-        for name, values in per_image_metrics(fake, b.to(fake.device)).items():
-            parts[name].append(values)
-    return {f"{prefix}_{name}": torch.cat(values).mean().item() for name, values in parts.items()}
+    device = next(G.parameters()).device
+    return split_metrics(images, lambda a, b: translate(G, a), device, batch_size, prefix)
 
 
-@torch.no_grad()
 def identity_baseline(
     images: PairedImages, device: torch.device, batch_size: int = 64, prefix: str = "test"
 ) -> dict[str, float]:
     """The metrics of output = input: what a model must beat to have learned anything."""
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in METRIC_NAMES}
-    for start in range(0, len(images), batch_size):
-        a, b = images.batch(torch.arange(start, min(start + batch_size, len(images))))
-        for name, values in per_image_metrics(a.to(device), b.to(device)).items():
-            parts[name].append(values)
-    return {f"{prefix}_{name}": torch.cat(values).mean().item() for name, values in parts.items()}
+    return split_metrics(images, lambda a, b: a.to(device), device, batch_size, prefix)
 
 
 @torch.no_grad()
@@ -224,19 +231,13 @@ def mean_image(images: PairedImages, batch_size: int = 256) -> torch.Tensor:
     return total / len(images)
 
 
-@torch.no_grad()
 def mean_image_baseline(
     train: PairedImages, images: PairedImages, device: torch.device, batch_size: int = 64, prefix: str = "test"
 ) -> dict[str, float]:
     """The metrics of output = the mean training target, whatever the input: the baseline where
     output = input means nothing (A and B in different units or channels)."""
     mean = mean_image(train).to(device)
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in METRIC_NAMES}
-    for start in range(0, len(images), batch_size):
-        _, b = images.batch(torch.arange(start, min(start + batch_size, len(images))))
-        for name, values in per_image_metrics(mean.expand_as(b.to(device)), b.to(device)).items():
-            parts[name].append(values)
-    return {f"{prefix}_{name}": torch.cat(values).mean().item() for name, values in parts.items()}
+    return split_metrics(images, lambda a, b: mean.expand_as(b), device, batch_size, prefix)
 
 
 def baseline_metrics(data: PairedData, split: str, device: torch.device, batch_size: int) -> tuple[dict, str]:
@@ -366,8 +367,11 @@ def train(
     resume: bool = False,
     on_step: StepCallback | None = None,
     data: PairedData | None = None,
+    best_full_state: bool = True,
 ) -> Iterator[EpochResult]:
-    """Train Pix2Pix; yield one EpochResult per epoch after writing `last.pt` (and `best.pt`)."""
+    """Train Pix2Pix; yield one EpochResult per epoch after writing `last.pt`, and on a new best
+    epoch `best_generator.pt` and (with `best_full_state`, for a run a person may continue or
+    evaluate from its best epoch) `best.pt`."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
@@ -487,6 +491,7 @@ def train(
         )
         state.save(run_dir / LAST)
         if result.is_best:
-            copy_atomic(run_dir / LAST, run_dir / BEST)
+            if best_full_state:
+                copy_atomic(run_dir / LAST, run_dir / BEST)
             state.save_generator_only(run_dir / BEST_GENERATOR)
         yield result

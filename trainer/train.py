@@ -14,7 +14,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from trainer.builtin import BUILTIN_PREFIX
 from trainer.checkpoint import BEST, LAST, RunState
@@ -23,11 +22,10 @@ from trainer.config import TrainConfig
 from trainer.data import PairedData, load_run_data
 from trainer.errors import EXIT_INTERRUPTED, TrainingDiverged, UserError, exits_cleanly_on_user_error
 from trainer.loop import EpochResult, baseline_metrics, pick_device, train
-from trainer.names import BASELINE_LABELS, LOSS_NAMES, METRIC_NAMES
+from trainer.names import BASELINE_LABELS, LOSS_NAMES
+from trainer.tables import comparison_table
 
 EXIT_DIVERGED = 1
-METRIC_LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "mae": "MAE"}
-HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "mae": False}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,30 +89,6 @@ def epoch_line(result: EpochResult, epochs: int) -> str:
         f"epoch {result.epoch}/{epochs}  {losses}  |  {val}  |  lr_G {result.lr_G:.2e}  lr_D {result.lr_D:.2e}"
         f"  |  {result.seconds:.1f}s{best}"
     )
-
-
-def comparison_table(
-    title: str,
-    model: dict[str, float],
-    baseline: dict[str, float] | None,
-    prefix: str,
-    baseline_label: str = "identity (output = input)",
-) -> Table:
-    """Model metrics next to a baseline (by default identity: output = input), when there is one."""
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("model", justify="right")
-    if baseline is not None:
-        table.add_column(baseline_label, justify="right")
-        table.add_column("model better?", justify="center")
-    for name in METRIC_NAMES:
-        key = f"{prefix}_{name}"
-        row = [METRIC_LABELS[name], f"{model[key]:.4f}"]
-        if baseline is not None:
-            better = model[key] > baseline[key] if HIGHER_IS_BETTER[name] else model[key] < baseline[key]
-            row += [f"{baseline[key]:.4f}", "[green]yes[/green]" if better else "[red]no[/red]"]
-        table.add_row(*row)
-    return table
 
 
 def describe_data(data: PairedData, cfg: TrainConfig) -> str:

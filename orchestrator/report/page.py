@@ -16,17 +16,17 @@ from typing import Any
 
 import jinja2
 
-from orchestrator.outcomes import SEARCH_METRIC
+from orchestrator.outcomes import METRIC, SEARCH_METRIC
 from orchestrator.report import plots
 from orchestrator.report.load import Experiment, best_trial_id, load_experiment, param_names, scored, wandb_dir
-from orchestrator.report.text import fmt, format_duration
+from orchestrator.report.text import fmt
+from orchestrator.spec import format_duration
 from orchestrator.tracking.offline import WandbLogError, find_runs, read_run
 from trainer.files import write_atomic_text
-from trainer.names import BASELINE_LABELS, METRIC_NAMES
+from trainer.names import BASELINE_LABELS, METRIC_NAMES, METRICS
 
 REPORT = "report.html"
 TEMPLATE = "page.html.j2"
-TEST_METRICS = (("SSIM", "test_ssim", "higher"), ("PSNR (dB)", "test_psnr", "higher"), ("MAE", "test_mae", "lower"))
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def header_facts(summary: dict[str, Any], best_id: str | None) -> list[tuple[str
     best = summary.get("best") or {}
     best_text = "none (no trial completed a validation)"
     if best_id is not None:
-        val = (best.get("val") or {}).get("val_ssim")
+        val = (best.get("val") or {}).get(METRIC)
         trial = next((t for t in trials if str(t["trial_id"]) == best_id), {})
         ssim = val if val is not None else trial.get(SEARCH_METRIC)
         epoch = best.get("epoch", trial.get("best_epoch"))
@@ -142,10 +142,10 @@ def val_ssim_lines(summary: dict[str, Any]) -> list[tuple[str, float]]:
     """(label, val SSIM) of the baseline and of each reference trial's best epoch, those known."""
     baseline = (summary.get("best") or {}).get("baseline_val") or {}
     lines = []
-    if baseline.get("val_ssim") is not None:
-        lines.append((f"{BASELINE_LABELS[baseline['name']]} baseline", baseline["val_ssim"]))
+    if baseline.get(METRIC) is not None:
+        lines.append((f"{BASELINE_LABELS[baseline['name']]} baseline", baseline[METRIC]))
     for record in (summary.get("references") or {}).values():
-        value = (record.get("val") or {}).get("val_ssim")
+        value = (record.get("val") or {}).get(METRIC)
         if isinstance(value, (int, float)):
             lines.append((record["label"], value))
     return lines
@@ -210,11 +210,11 @@ def test_metrics_section(best: dict[str, Any] | None) -> Section:
     test, baseline = best["test"], best.get("baseline_test") or {}
     label = f"{BASELINE_LABELS[baseline['name']]} baseline" if baseline else "baseline"
     rows = []
-    for metric, key, better in TEST_METRICS:
-        model, base = test.get(key), baseline.get(key)
+    for metric in METRICS:
+        model, base = test.get(f"test_{metric.name}"), baseline.get(f"test_{metric.name}")
         diff = model - base if model is not None and base is not None else None
-        wins = None if diff is None else ("yes" if (diff > 0) == (better == "higher") and diff != 0 else "no")
-        rows.append((metric, better, model, base, diff, wins))
+        wins = None if diff is None else ("yes" if metric.beats(model, base) else "no")
+        rows.append((metric.label, metric.better, model, base, diff, wins))
     explanation = f"The {label} takes no training; a model that does not beat it has learned nothing useful."
     headers = ["metric", "better", "best model", label, "model − baseline", "beats baseline"]
     return Section(title, notes=[explanation], tables=[Table(headers, rows)])
@@ -237,16 +237,13 @@ def references_section(summary: dict[str, Any]) -> Section:
     for record in references.values():
         row = [record["label"], record["trial_id"], record["status"], record["best_epoch"]]
         rows.append([*row, *metric_row(record, "val"), *metric_row(record, "test")])
-    metrics = [f"{split} {head}" for split in ("val", "test") for head in METRIC_HEADS]
+    metrics = [f"{split} {m.label}" for split in ("val", "test") for m in METRICS]
     headers = ["", "trial", "status", "best epoch", *metrics]
     notes = [
         "The export is the best trial on val SSIM among all trials, the references included. Test metrics are "
         "scored after the search on each trial's best epoch; a reference without them had no saved generator."
     ]
     return Section(title, notes=notes, tables=[Table(headers, rows, [i == 0 and bool(best) for i in range(len(rows))])])
-
-
-METRIC_HEADS = ("SSIM", "PSNR (dB)", "MAE")
 
 
 def metric_row(record: dict[str, Any], split: str) -> list[Any]:

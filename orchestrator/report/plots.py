@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from orchestrator.outcomes import SEARCH_METRIC, EndReason
+from orchestrator.outcomes import METRIC, SEARCH_METRIC, EndReason
 from orchestrator.report.load import scored
 from orchestrator.report.text import fmt
 
@@ -96,16 +96,16 @@ def plot_val_ssim(
 ) -> bytes | None:
     """Every trial's val SSIM per epoch; `lines` (label, value) are drawn across as dashed lines: the
     baseline's and the reference trials' val SSIM, so one sees which trials learned anything."""
-    curves = [(t, [h for h in t.get("history", []) if isinstance(h.get("val_ssim"), (int, float))]) for t in trials]
+    curves = [(t, [h for h in t.get("history", []) if isinstance(h.get(METRIC), (int, float))]) for t in trials]
     curves = [(t, h) for t, h in curves if h]
     if not curves:
         return None
     fig = Figure(figsize=(10, 4.8), layout="constrained")
     ax = fig.subplots()
-    low, high = curves_y_limits([[h["val_ssim"] for h in history] for _, history in curves], [v for _, v in lines])
+    low, high = curves_y_limits([[h[METRIC] for h in history] for _, history in curves], [v for _, v in lines])
     for trial, history in curves:
         epochs = [h["epoch"] for h in history]
-        values = [h["val_ssim"] for h in history]
+        values = [h[METRIC] for h in history]
         status = trial.get("status", "")
         is_best = str(trial["trial_id"]) == best_id
         look = style(status)

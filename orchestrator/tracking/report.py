@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from orchestrator.outcomes import SEARCH_METRIC
+from orchestrator.outcomes import METRIC, SEARCH_METRIC
 from orchestrator.report.load import best_trial_id, param_names, wandb_dir
 from orchestrator.tracking.offline import WandbLogError, find_runs, read_run
 from orchestrator.tracking.runs import api_key_configured, server_reachable, wandb_base_url
@@ -29,7 +29,7 @@ def build_wandb_report(summary: dict[str, Any], project: str, entity: str | None
     )
     log_scale = {n: bool((space.get(n) or {}).get("log")) for n in names}
     panels = [
-        wr.LinePlot(title="Validation SSIM per epoch", y=["val_ssim"]),
+        wr.LinePlot(title="Validation SSIM per epoch", y=[METRIC]),
         wr.ParallelCoordinatesPlot(
             columns=[wr.ParallelCoordinatesPlotColumn(metric=wr.Config(n), log=log_scale[n] or None) for n in names]
             + [wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(SEARCH_METRIC))],

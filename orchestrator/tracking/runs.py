@@ -31,6 +31,7 @@ from wandb.sdk.wandb_run import Run
 from orchestrator.outcomes import EndReason
 from orchestrator.tracking.offline import wait_until_complete
 from trainer.errors import UserError
+from trainer.names import METRICS
 
 MODES = ("off", "offline", "online")
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -46,7 +47,7 @@ ENV_MODES = {
     "shared": "online",
 }
 STEP_METRIC = "epoch"
-TRIAL_SUMMARIES = {"val_ssim": "max", "val_psnr": "max", "val_mae": "min"}
+TRIAL_SUMMARIES = {f"val_{m.name}": m.direction for m in METRICS}
 MODEL_REGISTRY = "wandb-registry-model"  # online only: where the search run links the exported model
 
 

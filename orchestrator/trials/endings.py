@@ -1,15 +1,15 @@
-"""How each trial ended, as the driver saw it, and the search's time budget.
+"""How each trial ended, as the driver saw it, and why the driver stopped the search early.
 
 Tune ends a trial in one of two ways. The normal way (the trial returned, ASHA stopped it, or it
 failed) calls the callbacks' `on_trial_complete` / `on_trial_error`. When the whole experiment
 stops, because Tune's time budget (`TuneConfig.time_budget_s`, its TimeoutStopper) ran out or
-because the user pressed Ctrl-C, Tune marks the trials still running as TERMINATED without either
-call. This callback records the first kind as it happens and names the second at the end of the
-experiment: `budget` when the budget is spent, `interrupted` otherwise. Its record is kept in Tune's
-experiment checkpoint (get_state/set_state), so a resumed search keeps the earlier endings, and the
-time spent, which counts across resumes as Tune's TimeoutStopper counts it. At the end it writes the
-record to `trial_endings.json` in the experiment folder, where the driver reads it (a restored Tuner
-runs the callback objects it unpickled, not ones the driver holds).
+because the driver asked it to (SearchStop: Ctrl-C, SIGTERM, a full disk), Tune marks the trials
+still running as TERMINATED without either call. This callback records the first kind as it happens
+and names the second at the end of the experiment: `budget` when the budget is spent, `interrupted`
+otherwise. Its record is kept in Tune's experiment checkpoint (get_state/set_state), so a resumed
+search keeps the earlier endings, and the time spent, which counts across resumes as Tune's
+TimeoutStopper counts it. At the end it writes the record to `trial_endings.json` in the experiment
+folder, where the driver reads it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,16 +27,10 @@ from typing import Any
 
 from ray import tune
 
-from orchestrator.outcomes import Ending, error_line
+from orchestrator.compat import latest_failure_text
+from orchestrator.outcomes import Ending, StopCause, error_line
+from trainer.errors import storage_advice
 from trainer.files import write_json
-
-# Set by the first Ctrl-C of this driver process. Module state, not an attribute: a resumed search runs
-# the TrialEndings that Tune unpickled, which must see the Ctrl-C of this process.
-CTRL_C = threading.Event()
-# Set, with the failure's line, when a trial fails for a full disk: the search stops as on Ctrl-C
-# instead of burning every trial's retries on the same error (TrialEndings.stop_if_disk_full).
-DISK_FULL: dict[str, str] = {}
-DISK_FULL_TEXT = "No space left on device"
 
 
 def stop_tune() -> bool:
@@ -49,31 +42,53 @@ def stop_tune() -> bool:
     return True
 
 
+@dataclass
+class SearchStop:
+    """The driver's one request that the search stop before its end, and why: a signal, or a storage
+    failure in a trial (`detail` then names the trial and the failure, `advice` what to do)."""
+
+    cause: StopCause | None = None
+    detail: str = ""
+    advice: str = ""
+
+    def request(self, cause: StopCause, detail: str = "", advice: str = "") -> bool:
+        """Record the first request and ask Tune to stop; False when Tune was not listening."""
+        if self.cause is None:
+            self.cause, self.detail, self.advice = cause, detail, advice
+        return stop_tune()
+
+
+SIGNAL_CAUSES = {signal.SIGINT: StopCause.CTRL_C, signal.SIGTERM: StopCause.SIGTERM}
+
+
 @contextlib.contextmanager
-def ctrl_c_stops_the_search() -> Iterator[None]:
-    """While Tune runs: the first Ctrl-C asks Tune to stop as a time budget would, saving the
-    experiment's state one last time so that --resume continues it; a second Ctrl-C quits at once
+def signals_stop_the_search(stop: SearchStop) -> Iterator[None]:
+    """While the driver runs Ray: the first Ctrl-C or SIGTERM (what `ray job stop`, Kubernetes and
+    Slurm send) asks Tune to stop as a time budget would, saving the experiment's state one last time
+    so that --resume continues it; a second signal, or one outside Tune's loop, quits at once
     (KeyboardInterrupt; --resume still works from Tune's last periodic save).
 
-    Tune's own SIGINT handler cannot tell us it fired, so we take SIGINT and hand Tune its other stop
-    signal, SIGUSR1, which it handles the same way while its loop runs.
+    Tune's own SIGINT handler cannot tell us it fired, and Ray's core prints a stack dump and aborts on
+    SIGTERM, so we take both signals and hand Tune its other stop signal, SIGUSR1, which it handles the
+    same way while its loop runs. Installed after Ray started: its handlers are replaced, not ours.
     """
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    CTRL_C.clear()
-    DISK_FULL.clear()
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        if CTRL_C.is_set() or not stop_tune():
+    def on_signal(signum: int, frame: Any) -> None:
+        cause = SIGNAL_CAUSES[signal.Signals(signum)]
+        if stop.cause is not None or not stop.request(cause):
+            stop.cause = stop.cause or cause
             raise KeyboardInterrupt
-        CTRL_C.set()
-        print("\nCtrl-C: stopping the search and saving its state (Ctrl-C again to quit at once)", file=sys.stderr)
+        name = "Ctrl-C" if cause == StopCause.CTRL_C else "SIGTERM"
+        print(f"\n{name}: stopping the search and saving its state (Ctrl-C again to quit at once)", file=sys.stderr)
 
-    previous = signal.signal(signal.SIGINT, on_sigint), signal.getsignal(signal.SIGUSR1)
+    previous = {signum: signal.signal(signum, on_signal) for signum in SIGNAL_CAUSES}
+    previous[signal.SIGUSR1] = signal.getsignal(signal.SIGUSR1)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGUSR1, previous[1])
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class TrialEndings(tune.Callback):
@@ -81,8 +96,9 @@ class TrialEndings(tune.Callback):
 
     FILE = "trial_endings.json"
 
-    def __init__(self, budget_seconds: float, out_dir: Path) -> None:
+    def __init__(self, budget_seconds: float, out_dir: Path, stop: SearchStop) -> None:
         self.budget_seconds = budget_seconds
+        self.stop = stop
         self.record = str(Path(out_dir) / self.FILE)
         self.ended: dict[str, str] = {}
         self.retries: dict[str, list[str]] = {}  # trial id -> why each failed attempt failed (Tune retried it)
@@ -105,32 +121,31 @@ class TrialEndings(tune.Callback):
         self.ended[trial.trial_id] = Ending.COMPLETE
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.stop_if_disk_full(trial, latest_failure(trial)):
-            return  # interrupted, not failed: --resume runs it again once there is space
+        if self.stop_if_storage_failed(trial, latest_failure(trial)):
+            return  # interrupted, not failed: --resume runs it again once the storage is mended
         self.ended[trial.trial_id] = Ending.ERROR
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A failed attempt that Tune retries from the trial's last checkpoint (FailureConfig)."""
         failure = latest_failure(trial)
-        if not self.stop_if_disk_full(trial, failure):
+        if not self.stop_if_storage_failed(trial, failure):
             self.retries.setdefault(trial.trial_id, []).append(failure)
 
-    @staticmethod
-    def stop_if_disk_full(trial: Any, failure: str) -> bool:
-        """A full disk fails every trial alike: stop the search at the first one (as on Ctrl-C, so that
-        --resume continues it) and let the driver say so in one line."""
-        if DISK_FULL_TEXT not in failure:
+    def stop_if_storage_failed(self, trial: Any, failure: str) -> bool:
+        """A full disk (or quota, or file-size limit) fails every trial alike: stop the search at the
+        first one (as on Ctrl-C, so that --resume continues it) and let the driver say so in one line."""
+        advice = storage_advice(failure)
+        if advice is None:
             return False
-        if not DISK_FULL:
-            DISK_FULL["where"] = f"trial {trial.trial_id}: {failure}"
-            stop_tune()
+        self.stop.request(StopCause.STORAGE, f"trial {trial.trial_id}: {failure}", advice)
         return True
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        stopped = CTRL_C.is_set() or bool(DISK_FULL)
+        stopped = self.stop.cause is not None
         cut_short = Ending.BUDGET if self.budget_spent() and not stopped else Ending.INTERRUPTED
-        # A full disk also cuts the trial that met it (ERROR, or PENDING while waiting for its retry).
-        cut = ("TERMINATED", "RUNNING", "PAUSED") + (("PENDING", "ERROR") if DISK_FULL else ())
+        # A storage failure also cuts the trial that met it (ERROR, or PENDING while waiting for its retry).
+        storage = self.stop.cause == StopCause.STORAGE
+        cut = ("TERMINATED", "RUNNING", "PAUSED") + (("PENDING", "ERROR") if storage else ())
         for trial in trials:
             if trial.trial_id not in self.ended and trial.status in cut:
                 self.ended[trial.trial_id] = cut_short
@@ -158,7 +173,7 @@ def latest_failure(trial: Any) -> str:
     path = trial.error_file
     if path is None or not Path(path).is_file():
         return "unknown error"
-    latest = Path(path).read_text().rsplit("Failure # ", 1)[-1].split("\n", 1)[-1]
+    latest = latest_failure_text(Path(path).read_text())
     return error_line(RuntimeError(latest)) or "unknown error"
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 
+from orchestrator.compat import set_total_samples
+
 
 class SearchLimits(SearchGenerator):
     def __init__(self, searcher: Searcher, num_samples: int, max_concurrent: int) -> None:
@@ -19,5 +21,5 @@ class SearchLimits(SearchGenerator):
 
     def restore_from_dir(self, dirpath: str) -> None:
         super().restore_from_dir(dirpath)
-        self._total_samples = self.num_samples  # trials already made count: 4 made, 6 asked, 2 more
+        set_total_samples(self, self.num_samples)  # trials already made count: 4 made, 6 asked, 2 more
         self.searcher.max_concurrent = self.max_concurrent

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from orchestrator.outcomes import end_reason
+from orchestrator.outcomes import METRIC, end_reason
 from orchestrator.trials.endings import TrialEndings
 
 SHOWN_PARAMS = ("lambda_l1", "dropout", "lr_G", "lr_D")
@@ -87,7 +87,7 @@ class LiveTrialTable(tune.Callback):
                 f"[{STATUS_STYLE.get(trial.status, '')}]{self.status(trial)}[/]",
                 *(format_value(trial.config.get(p)) for p in self.params),
                 f"{result.get('epoch', 0)}/{self.epochs}",
-                format_value(result.get("val_ssim")),
+                format_value(result.get(METRIC)),
                 ("[bold green]" if best is not None and best == best_overall else "") + format_value(best),
             )
         return table

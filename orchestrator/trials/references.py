@@ -20,6 +20,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from orchestrator.spec import SearchSpec
+from trainer.names import METRIC_NAMES
 
 PAPER, L1_ONLY = "paper", "l1_only"
 SEARCHED = "searched"  # a trial TPE suggested: the kind of trial that is no reference
@@ -61,7 +62,7 @@ def reference_records(trials: list[dict[str, Any]], spec: SearchSpec) -> dict[st
             "status": trial["status"],
             "params": trial["params"],
             "best_epoch": trial["best_epoch"],
-            "val": {k: best[k] for k in ("val_ssim", "val_psnr", "val_mae") if k in best},
+            "val": {k: best[k] for k in (f"val_{m}" for m in METRIC_NAMES) if k in best},
         }
     return records
 

@@ -1,6 +1,6 @@
 """Disk per trial: what of a trial's checkpoints stays once the trial has ended.
 
-While a trial runs, Tune keeps its two latest checkpoints (orchestrator.runner.checkpoint_config
+While a trial runs, Tune keeps its two latest checkpoints (orchestrator.tuner.checkpoint_config
 says why two); each holds the full state to continue from (`last.pt`: G, D, both optimizers, RNG),
 the best epoch's generator (`best_generator.pt`) and the split. Once the trial has ended, nothing
 will continue it, so only the latest checkpoint stays, without the full state, and only the
@@ -19,6 +19,7 @@ from typing import Any
 
 from ray import tune
 
+from orchestrator.compat import trial_storage
 from orchestrator.outcomes import Ending
 from orchestrator.spec import SearchSpec
 from orchestrator.trials.endings import TrialEndings
@@ -47,7 +48,7 @@ class CheckpointRetention(tune.Callback):
         never processed (Tune keeps no record of it, so nothing would ever delete it)."""
         import pyarrow.fs
 
-        fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+        fs, folder = trial_storage(trial)
         registered = trial.checkpoint.path if trial.checkpoint is not None else None
         for info in fs.get_file_info(pyarrow.fs.FileSelector(folder)):
             if info.type.name == "Directory" and info.base_name.startswith("checkpoint_") and info.path != registered:

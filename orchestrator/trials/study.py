@@ -36,7 +36,7 @@ from typing import Any
 import optuna
 from ray import tune
 
-from orchestrator.outcomes import Ending, EndReason, end_reason, error_line
+from orchestrator.outcomes import METRIC, Ending, EndReason, end_reason, error_line
 from orchestrator.results import saved_best
 from orchestrator.trials.endings import TrialEndings
 from orchestrator.trials.references import is_l1_reference
@@ -104,8 +104,8 @@ class StudyWriter(tune.Callback):
         self._ended.pop(trial.trial_id, None)  # a resumed search restarts a trial that ended unfinished
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if "epoch" in result and "val_ssim" in result:
-            self._epochs.setdefault(trial.trial_id, {})[int(result["epoch"])] = float(result["val_ssim"])
+        if "epoch" in result and METRIC in result:
+            self._epochs.setdefault(trial.trial_id, {})[int(result["epoch"])] = float(result[METRIC])
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         panel = read_panel_bytes(checkpoint)

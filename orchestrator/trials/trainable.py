@@ -81,7 +81,8 @@ def train_and_report(cfg: TrainConfig, run_dir: Path, settings: TrialSettings) -
     data = load_run_data(cfg, run_dir)
     val = data.splits["val"]
     panel_inputs, panel_targets = val.batch(torch.arange(min(PANEL_SAMPLES, len(val))))
-    for result in train(cfg, run_dir, resume=resume, data=data):
+    # best.pt (a full state) would only be thrown away: a trial ships its best generator alone
+    for result in train(cfg, run_dir, resume=resume, data=data, best_full_state=False):
         metrics = result.metrics()
         plateaued = settings.stop_patience > 0 and result.epoch - result.best_epoch >= settings.stop_patience
         metrics["plateau_stop"] = int(plateaued)

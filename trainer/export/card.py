@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trainer.names import BASELINE_LABELS
+from trainer.names import BASELINE_LABELS, METRICS
 
-METRICS = (("ssim", "SSIM", "higher is better"), ("psnr", "PSNR (dB)", "higher is better"), ("mae", "MAE", "lower"))
 TAGS = ("pix2pix", "image-to-image", "gan", "u-net", "onnx", "safetensors")
 
 
@@ -25,7 +24,7 @@ def front_matter(card: dict[str, Any], config: dict[str, Any]) -> str:
     lines += [f"- {tag}" for tag in TAGS]
     test = card.get("test") or {}
     if test:
-        lines += ["metrics:", *(f"- {key}" for key, _, _ in METRICS)]
+        lines += ["metrics:", *(f"- {m.name}" for m in METRICS)]
         data = (card.get("data") or {}).get("source") or config.get("train_config", {}).get("data", "unknown")
         lines += [
             "model-index:",
@@ -39,12 +38,12 @@ def front_matter(card: dict[str, Any], config: dict[str, Any]) -> str:
             "      split: test",
             "    metrics:",
         ]
-        for key, label, _ in METRICS:
-            if test.get(f"test_{key}") is not None:
+        for m in METRICS:
+            if test.get(f"test_{m.name}") is not None:
                 lines += [
-                    f"    - type: {key}",
-                    f"      value: {json.dumps(test[f'test_{key}'])}",
-                    f"      name: {json.dumps('test ' + label)}",
+                    f"    - type: {m.name}",
+                    f"      value: {json.dumps(test[f'test_{m.name}'])}",
+                    f"      name: {json.dumps('test ' + m.label)}",
                 ]
     return "\n".join([*lines, "---"])
 
@@ -97,7 +96,7 @@ def metrics_section(card: dict[str, Any]) -> list[str]:
     test, identity, val = card.get("test") or {}, card.get("identity_test"), card.get("val") or {}
     if not test:
         return [*out, "This export was not evaluated on a test split."]
-    header = ["split", *(label for _, label, _ in METRICS)]
+    header = ["split", *(m.label for m in METRICS)]
     rows = [[f"test, model ({card.get('test_images', '?')} images)", *values(test, "test")]]
     if identity:
         rows.append(["test, identity baseline (output = input)", *values(identity, "test")])
@@ -143,7 +142,7 @@ def native_sizes(card: dict[str, Any]) -> str:
 
 
 def values(metrics: dict[str, Any], prefix: str) -> list[str]:
-    return [fmt(metrics.get(f"{prefix}_{key}")) for key, _, _ in METRICS]
+    return [fmt(metrics.get(f"{prefix}_{m.name}")) for m in METRICS]
 
 
 def hyperparameters_section(card: dict[str, Any]) -> list[str]:

@@ -16,12 +16,12 @@ import optuna
 import pytest
 import torch
 import yaml
-from search_cli import ROOT, TINY, search_command, search_env
+from search_cli import ROOT, TINY, result_lines, search_command, search_env
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from orchestrator import search
-from orchestrator.runner import resolve_epochs
 from orchestrator.spec import DEFAULT_SPEC, load_spec, parse_duration, save_spec
+from orchestrator.tuner import resolve_epochs
 from trainer.checkpoint import BEST_GENERATOR, LAST, RunState, load_torch
 from trainer.data import PairedImages, load_paired_data
 from trainer.export import CARD, ONNX, SAMPLES, WEIGHTS, load_generator
@@ -265,13 +265,6 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(ray_sess
             t["status"],
         )
         for t in summary["trials"]
-    }
-
-
-def result_lines(experiment: Path) -> dict[str, int]:
-    """Reported epochs per trial folder, read from Tune's result.json files."""
-    return {
-        p.parent.name.split("_")[2]: len(p.read_text().splitlines()) for p in experiment.glob("run_trial_*/result.json")
     }
 
 

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from search_cli import ROOT
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from trainer import evaluate as evaluate_cli
@@ -427,7 +428,7 @@ def test_phantom_subjects_are_heads_in_hu_with_their_own_pose() -> None:
 def test_the_phantom_set_loads_split_by_subject_and_its_spec_searches_it() -> None:
     from orchestrator.spec import load_spec
 
-    spec = load_spec(Path(__file__).resolve().parent.parent / "search_spaces" / "mr2ct-phantom.yaml")
+    spec = load_spec(ROOT / "search_spaces" / "mr2ct-phantom.yaml")
     cfg = spec.trial_config({})
     assert cfg.data == "builtin:phantom-mr2ct" and cfg.window_b == (-1000.0, 2000.0)
     data = load_paired_data(cfg.data, 32, options=ReadOptions.of(cfg))  # built once into the session's cache

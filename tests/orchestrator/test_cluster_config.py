@@ -25,8 +25,8 @@ import ray
 import yaml
 from packaging.specifiers import SpecifierSet
 from ray.autoscaler._private.util import prepare_config, validate_config
+from search_cli import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILES = {"aws": ROOT / "cluster.yaml", "onprem": ROOT / "cluster-onprem.yaml"}
 PROJECT_MOUNT = "~/pix2pix-tune"
 TOKEN_MOUNT = "~/.ray/auth_token"
@@ -430,12 +430,13 @@ def test_checks_catch_broken_configs():
 
 
 # ---------------------------------------------------------------------------------------------
-# the README's cluster commands
+# the documented cluster commands (the README's and docs/cluster.md's)
 
 
 def readme_job_submissions() -> list[str]:
-    """Every `ray job submit ...` command in the README's bash blocks, continuation lines joined."""
-    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    """Every `ray job submit ...` command in the docs' bash blocks, continuation lines joined."""
+    text = "\n".join((ROOT / page).read_text() for page in ("README.md", "docs/cluster.md"))
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
     return [line.split("#")[0].strip() for line in lines if line.strip().startswith("ray job submit")]
 

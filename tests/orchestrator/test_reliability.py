@@ -97,7 +97,7 @@ def test_the_embedded_ray_listens_on_loopback_only_and_refuses_a_client_without_
     search's token, which is never written to disk (Ray's own default is ~/.ray/auth_token, 0644)."""
     probe = (
         "import json, os, sys, ray\n"
-        "from orchestrator.runner import start_ray\n"
+        "from orchestrator.cluster import start_ray\n"
         "start_ray(None)\n"
         "pid = ray.remote(lambda: os.getpid())\n"
         "ray.get([pid.remote() for _ in range(2)])\n"  # workers up: they listen too
