@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,10 +131,13 @@ def build_discriminator(cfg: TrainConfig, channels: int, device: torch.device) -
     return D.to(device, memory_format=torch.channels_last if use_channels_last(cfg, device) else torch.preserve_format)
 
 
-def build_optimizer(module: nn.Module, lr: float, cfg: TrainConfig) -> torch.optim.Adam:
+def build_optimizer(params: nn.Module | Iterable[nn.Parameter], lr: float, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam over a module's parameters (or a trial's parameter views, trainer.fused)."""
+    if isinstance(params, nn.Module):
+        params = params.parameters()
     # fused: one kernel for all parameters; otherwise the reference's per-parameter loop.
     kind = {"fused": True} if cfg.fused_adam else {"foreach": False}
-    return torch.optim.Adam(module.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), **kind)
+    return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), **kind)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
