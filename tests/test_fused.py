@@ -19,18 +19,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks import fused as bench_fused
+from benchmarks.step import synthetic_images
 from trainer.config import TrainConfig
 from trainer.data import PairedImages
 from trainer.errors import UserError
 from trainer.fused import FusedTrials
-from trainer.loop import (
-    TrainStep,
-    build_discriminator,
-    build_generator,
-    build_optimizer,
-    build_scheduler,
-    training_batch,
-)
 from trainer.models import UNetGenerator
 
 pytestmark = pytest.mark.fast
@@ -53,45 +47,17 @@ WIDE_LRS = [  # the search space's range (search_spaces/default.yaml): float64 o
 ]
 
 
-def images(n: int = 12) -> PairedImages:
-    g = torch.Generator().manual_seed(7)
-    a = torch.randint(0, 256, (n, CHANNELS, BASE.size, BASE.size), generator=g, dtype=torch.uint8)
-    b = torch.randint(0, 256, (n, CHANNELS, BASE.size, BASE.size), generator=g, dtype=torch.uint8)
-    return PairedImages(a, b, [str(i) for i in range(n)], 255)
-
-
-def batches(cfg: TrainConfig, data: PairedImages, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The batches a run with this seed trains on, as trainer.loop draws them (its own data generator)."""
-    rng = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(data), generator=rng)
-    dtype = torch.get_default_dtype()  # float64 in the exactness check
-    return [
-        tuple(x.to(dtype) for x in training_batch(data, order[i * cfg.batch_size : (i + 1) * cfg.batch_size], cfg, rng))
-        for i in range(steps)
-    ]
+def images() -> PairedImages:
+    return synthetic_images(12, BASE.size, CPU, seed=7)
 
 
 def separate_run(cfg: TrainConfig, data: PairedImages) -> tuple[dict, dict, dict]:
-    torch.manual_seed(cfg.seed)
-    G = build_generator(cfg.generator_config(CHANNELS, CHANNELS), CPU)
-    D = build_discriminator(cfg, 2 * CHANNELS, CPU)
-    opt_G = build_optimizer(G, cfg.lr_G, cfg)
-    build_scheduler(opt_G, cfg)  # as the loop does: it records initial_lr in the optimizer's state
-    step = TrainStep(
-        cfg, G, D, opt_G, build_optimizer(D, cfg.lr_D, cfg), torch.amp.GradScaler("cpu", enabled=False), None
-    )
-    for a, b in batches(cfg, data, STEPS):
-        step(a, b)
-    return G.state_dict(), D.state_dict(), opt_G.state_dict()
+    state = bench_fused.separate_run(cfg, data, STEPS, CPU)
+    return state["G"], state["D"], state["opt_G"]
 
 
 def fused_run(cfgs: list[TrainConfig], data: PairedImages, steps: int = STEPS) -> FusedTrials:
-    fused = FusedTrials.build(cfgs, CHANNELS, CHANNELS, CPU)
-    per_trial = [batches(cfg, data, steps) for cfg in cfgs]
-    for i in range(steps):
-        losses = fused(fused.pack([t[i][0] for t in per_trial]), fused.pack([t[i][1] for t in per_trial]))
-        assert losses.shape == (len(cfgs), 4) and torch.isfinite(losses).all()
-    return fused
+    return bench_fused.fused_run(cfgs, data, steps, CPU)
 
 
 def assert_same(actual: dict, expected: dict, atol: float = 1e-5, step_bound: float | None = None) -> None:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.compile_choice import compile_options
+from trainer.compile_choice import compile_options, resolve_compile
 from trainer.config import TrainConfig
 from trainer.errors import UserError
 from trainer.loop import (
@@ -200,6 +200,12 @@ def check_pack(cfgs: Sequence[TrainConfig]) -> None:
     for name, on in (("gan_weight", lambda c: c.uses_gan), ("dropout", lambda c: c.dropout > 0)):
         if len({on(c) for c in cfgs}) > 1:
             raise UserError(f"fused trials: {name} must be 0 in all trials of a pack or in none")
+
+
+def pack_mode(cfgs: Sequence[TrainConfig], device: torch.device, total_steps: int) -> str:
+    """The step mode of a pack: `compile: auto` judges it by its whole work, K trials' batches."""
+    cfg = cfgs[0]
+    return resolve_compile(cfg.compile, device, cfg.size, cfg.batch_size * len(cfgs), cfg.ngf, total_steps)
 
 
 @dataclass
