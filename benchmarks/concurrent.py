@@ -22,7 +22,7 @@ from benchmarks.measure import describe_device, parse_ints
 from benchmarks.step import LONG_RUN_STEPS, Timing, add_timing_args, build_row, console, timing_from
 from trainer.config import TrainConfig
 from trainer.errors import UserError, exits_cleanly_on_user_error
-from trainer.loop import pick_device, use_compile
+from trainer.loop import compile_mode, pick_device
 
 DEFAULT_COUNTS = "1,2,4"
 
@@ -39,15 +39,8 @@ def _concurrent_worker(
 ) -> None:
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
-    defaults = TrainConfig()
-    cfg = TrainConfig(
-        size=size,
-        batch_size=batch,
-        ngf=ngf,
-        ndf=ngf,
-        device="cuda",
-        compile="on" if use_compile(defaults, device, LONG_RUN_STEPS) else "off",
-    )
+    cfg = TrainConfig(size=size, batch_size=batch, ngf=ngf, ndf=ngf, device="cuda")
+    cfg = cfg.replace(compile=compile_mode(cfg, device, LONG_RUN_STEPS))
     row = build_row("fast path", cfg, device)
     row.run(warmup)
     torch.cuda.reset_peak_memory_stats(device)

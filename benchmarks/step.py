@@ -11,6 +11,11 @@ together with `training_batch` (integer images on the device -> augmented float 
     +fused Adam        one fused optimizer kernel
     +no per-step sync  losses stay on the device, read every `log_every` steps
     +compile           torch.compile of G and D
+    +CUDA graphs       torch.compile with mode="reduce-overhead": the step replayed as CUDA graphs (GPU only)
+
+The row marked [default] is the one TrainConfig's defaults give on this device for a long run:
+`compile: auto` takes the mode trainer.compile_choice.MEASURED recorded as fastest for this GPU model
+and setting (`make gpu-check` prints new records).
 
 Rows are timed round-robin (one step of each row per round, in a rotating order) so that a
 change in machine load hits every row alike; the table shows medians and the spread.
@@ -50,10 +55,10 @@ from trainer.loop import (
     build_discriminator,
     build_generator,
     build_optimizer,
+    compile_mode,
     pick_device,
     training_batch,
     use_channels_last,
-    use_compile,
 )
 
 console = Console(width=150)
@@ -78,7 +83,9 @@ SWITCHES = (
     Switch("fused", "+fused Adam", dict(fused_adam=True)),
     Switch("nosync", "+no per-step sync", dict(log_every=25)),
     Switch("compile", "+compile", dict(compile="on")),
+    Switch("graphs", "+CUDA graphs", dict(compile="graphs")),
 )
+GPU_ONLY = ("graphs",)  # reduce-overhead replays CUDA graphs; on CPU it would be the +compile row again
 ALL_ROWS = tuple(s.key for s in SWITCHES)
 
 
@@ -136,6 +143,8 @@ def row_configs(base: TrainConfig, device: torch.device) -> list[RowPlan]:
     (channels_last on AVX2-only CPUs) is timed as a side row, and the rows below go on without it."""
     rows, cfg = [], base
     for switch in SWITCHES:
+        if switch.key in GPU_ONLY and device.type != "cuda":
+            continue
         candidate = cfg.replace(**switch.changes)
         name = amp_label(device) if switch.key == "amp" else switch.label
         if switch.key == "cl" and not use_channels_last(TrainConfig(), device):
@@ -171,15 +180,19 @@ def build_row(name: str, cfg: TrainConfig, device: torch.device) -> Row:
     opt_G = build_optimizer(G, cfg.lr_G, cfg)
     opt_D = build_optimizer(D, cfg.lr_D, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    step = TrainStep(cfg, G, D, opt_G, opt_D, scaler, amp_dtype, compiled=cfg.compile == "on")
+    step = TrainStep(cfg, G, D, opt_G, opt_D, scaler, amp_dtype, mode=cfg.compile)
     images = synthetic_images(max(2 * cfg.batch_size, 8), cfg.size, device, cfg.seed)
     return Row(name, cfg, step, images, torch.Generator().manual_seed(cfg.seed), amp_dtype)
 
 
 def default_row_name(rows: Sequence[RowPlan], device: torch.device) -> str | None:
-    """The row whose switches are TrainConfig's defaults (compile: auto resolved for a long run)."""
-    default = TrainConfig()
-    compiled = use_compile(default, device, LONG_RUN_STEPS)
+    """The row whose switches are TrainConfig's defaults at the rows' setting, `compile: auto`
+    resolved for a long run on this device (trainer.compile_choice)."""
+    if not rows:
+        return None
+    setting = rows[0].cfg
+    default = TrainConfig(size=setting.size, batch_size=setting.batch_size, ngf=setting.ngf, ndf=setting.ndf)
+    mode = compile_mode(default, device, LONG_RUN_STEPS)
     for row in rows:
         cfg = row.cfg
         if (
@@ -187,7 +200,7 @@ def default_row_name(rows: Sequence[RowPlan], device: torch.device) -> str | Non
             and use_channels_last(cfg, device) == use_channels_last(default, device)
             and cfg.fused_adam == default.fused_adam
             and (cfg.log_every > 1) == (default.log_every > 1)
-            and (cfg.compile == "on") == compiled
+            and cfg.compile == mode
         ):
             return row.name
     return None

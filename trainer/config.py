@@ -19,7 +19,7 @@ C = TypeVar("C")
 LrPolicy = Literal["linear", "cosine", "plateau"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
-CompileMode = Literal["auto", "on", "off"]
+CompileMode = Literal["auto", "on", "off", "graphs"]
 ChannelsLast = Literal["auto", "on", "off"]
 IntensityMode = Literal["auto", "dtype", "percentile", "window", "minmax"]
 SliceAxis = Literal["axial", "coronal", "sagittal", "all"]
@@ -138,7 +138,10 @@ class TrainConfig:
         "auto", "channels-last memory layout: on, off, or auto (on for CUDA and CPUs with bf16 units, off elsewhere)"
     )
     compile: CompileMode = opt(
-        "auto", "torch.compile the networks: on, off, or auto (on for CUDA runs of at least 500 steps)"
+        "auto",
+        "torch.compile the networks: on, off, graphs (compiled and replayed as CUDA graphs), or auto (on a GPU "
+        "the mode measured fastest for this GPU and setting, trainer.compile_choice; off on CPU and for runs "
+        "under 500 steps)",
     )
     fused_adam: bool = opt(True, "fused Adam (one kernel) instead of the per-parameter loop")
     log_every: int = opt(25, "steps between reads of the losses (each read syncs the device)")

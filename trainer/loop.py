@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, RunState
+from trainer.compile_choice import compile_options, resolve_compile
 from trainer.config import GeneratorConfig, TrainConfig
 from trainer.data import PairedData, PairedImages, augment, load_run_data
 from trainer.ema import GeneratorEma
@@ -31,7 +32,6 @@ from trainer.models import PatchDiscriminator, UNetGenerator, init_weights
 from trainer.names import IDENTITY, LOSS_NAMES, MEAN_IMAGE, METRIC_NAMES
 
 StepCallback = Callable[[int, int, int], None]  # (epoch, step within epoch, steps per epoch)
-COMPILE_MIN_STEPS = 500  # compile: auto needs a run at least this long to repay a cold compile
 
 
 @dataclass
@@ -131,10 +131,13 @@ def build_discriminator(cfg: TrainConfig, channels: int, device: torch.device) -
     return D.to(device, memory_format=torch.channels_last if use_channels_last(cfg, device) else torch.preserve_format)
 
 
-def build_optimizer(module: nn.Module, lr: float, cfg: TrainConfig) -> torch.optim.Adam:
+def build_optimizer(params: nn.Module | Iterable[nn.Parameter], lr: float, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam over a module's parameters (or a trial's parameter views, trainer.fused)."""
+    if isinstance(params, nn.Module):
+        params = params.parameters()
     # fused: one kernel for all parameters; otherwise the reference's per-parameter loop.
     kind = {"fused": True} if cfg.fused_adam else {"foreach": False}
-    return torch.optim.Adam(module.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), **kind)
+    return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), **kind)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
@@ -288,17 +291,10 @@ def training_batch(
     return a.contiguous(memory_format=layout), b.contiguous(memory_format=layout)
 
 
-def use_compile(cfg: TrainConfig, device: torch.device, total_steps: int) -> bool:
-    """`compile: auto` compiles only where it pays: on CUDA, for runs of at least COMPILE_MIN_STEPS.
-
-    Measured by `benchmarks.step`: on CUDA a compiled step is clearly faster and a cold compile
-    (10-30 s) is repaid within a few hundred steps. On CPU (oneDNN convolutions, which inductor
-    leaves as they are) the compiled step was no faster while the compile took minutes, so auto
-    leaves it off there; `compile: on` still forces it.
-    """
-    if cfg.compile != "auto":
-        return cfg.compile == "on"
-    return device.type == "cuda" and total_steps >= COMPILE_MIN_STEPS
+def compile_mode(cfg: TrainConfig, device: torch.device, total_steps: int) -> str:
+    """The step mode this run uses: off, on (torch.compile) or graphs (compiled CUDA graphs);
+    `compile: auto` picks what measured fastest on this GPU model and setting (trainer.compile_choice)."""
+    return resolve_compile(cfg.compile, device, cfg.size, cfg.batch_size, cfg.ngf, total_steps)
 
 
 class TrainStep:
@@ -318,17 +314,21 @@ class TrainStep:
         opt_D: torch.optim.Optimizer | None,
         scaler: torch.amp.GradScaler,
         amp_dtype: torch.dtype | None,
-        compiled: bool = False,
+        mode: str = "off",
     ) -> None:
         self.cfg, self.G, self.D, self.opt_G, self.opt_D, self.scaler = cfg, G, D, opt_G, opt_D, scaler
         self.amp_dtype = amp_dtype
         self.device = next(G.parameters()).device
+        self.graphs = mode == "graphs"
         # The compiled wrappers share the modules' parameters: checkpoints keep using G and D.
-        self.G_fwd = torch.compile(G) if compiled else G
-        self.D_fwd = torch.compile(D) if compiled and D is not None else D
+        compiled = mode != "off"
+        self.G_fwd = torch.compile(G, **compile_options(mode)) if compiled else G
+        self.D_fwd = torch.compile(D, **compile_options(mode)) if compiled and D is not None else D
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         cfg, D, scaler = self.cfg, self.D, self.scaler
+        if self.graphs:  # a new step: the graphs may overwrite the previous step's outputs, all read by now
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(self.device, self.amp_dtype):
             fake = self.G_fwd(a)
         zero = torch.zeros((), device=self.device)
@@ -399,8 +399,8 @@ def train(
         opt_D = build_optimizer(D, cfg.lr_D, cfg)
         sched_D = build_scheduler(opt_D, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    compiled = use_compile(cfg, device, total_steps=cfg.epochs * steps_per_epoch)
-    train_step = TrainStep(cfg, G, D, opt_G, opt_D, scaler, amp_dtype, compiled)
+    mode = compile_mode(cfg, device, total_steps=cfg.epochs * steps_per_epoch)
+    train_step = TrainStep(cfg, G, D, opt_G, opt_D, scaler, amp_dtype, mode)
     ema = GeneratorEma(G, cfg.ema_decay) if cfg.uses_ema else None
     scored = ema.module if ema is not None else G  # what validation scores, best.pt is chosen by, export ships
 
