@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from collections.abc import Callable
@@ -24,6 +25,53 @@ os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
 # the cores (a tiny training run on a busy 2-core machine: 76 s spinning, 6 s passive). Read when
 # torch loads, so it must be set before any import of torch (nothing imported above loads it).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiers: `make test-fast` runs the fast tier (`-m fast`), the edit-test loop. The rule is here, not in
+# each file, and a new test is fast unless it is slow by this rule: it starts Ray or a search (it asks
+# for a fixture in SLOW_FIXTURES, or it or a helper of its module builds a search command), trains a
+# model in a shared fixture (SLOW_FIXTURES too), or it is
+# marked `slow` itself (trainings run to a quality bar or long enough to take seconds). A fast test
+# that outgrows FAST_SECONDS is named at the end of the run, to be made smaller or marked slow.
+
+SLOW_FIXTURES = frozenset({"ray_session", "make_cluster", "search_with_wandb", "tiny_run", "trained", "export_dir"})
+SEARCH_HELPERS = frozenset({"search_command", "search_env"})  # tests/search_cli.py: a search subprocess
+FAST_SECONDS = 5.0
+
+
+def runs_a_search(function: Any, module: Any, depth: int = 2) -> bool:
+    """Whether a test function, or a function of its module that it calls (to `depth`), builds a
+    search command."""
+    names = set(function.__code__.co_names)
+    if names & SEARCH_HELPERS:
+        return True
+    helpers = [getattr(module, name) for name in names if inspect.isfunction(getattr(module, name, None))]
+    return depth > 0 and any(runs_a_search(h, module, depth - 1) for h in helpers if h.__module__ == module.__name__)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        function, module = getattr(item, "function", None), getattr(item, "module", None)
+        slow = (
+            item.get_closest_marker("slow") is not None
+            or bool(SLOW_FIXTURES & set(getattr(item, "fixturenames", ())))
+            or (function is not None and runs_a_search(function, module))
+        )
+        item.add_marker(pytest.mark.slow if slow else pytest.mark.fast)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    over = [
+        report
+        for report in terminalreporter.stats.get("passed", [])
+        if report.when == "call" and "fast" in report.keywords and report.duration > FAST_SECONDS
+    ]
+    if over:
+        title = f"fast-tier tests over {FAST_SECONDS:g} s (make them smaller or mark them slow)"
+        terminalreporter.write_sep("-", title)
+        for report in over:
+            terminalreporter.write_line(f"{report.duration:.1f} s {report.nodeid}")
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.fast
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("trainer", "orchestrator", "benchmarks")
 SCRIPT_GUARD = 'if __name__ == "__main__":'

@@ -37,26 +37,22 @@ def run_search_expecting_error(tmp_path: Path, capsys, *flags: str) -> str:
     return err
 
 
-@pytest.mark.fast
 def test_a_missing_data_folder_is_refused_before_ray_starts(tmp_path: Path, capsys) -> None:
     err = run_search_expecting_error(tmp_path, capsys, "--data", str(tmp_path / "nowhere"))
     assert "nowhere: data folder not found" in err
 
 
-@pytest.mark.fast
 def test_an_empty_data_folder_is_refused_before_ray_starts(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert "no images found" in run_search_expecting_error(tmp_path, capsys, "--data", str(tmp_path / "empty"))
 
 
-@pytest.mark.fast
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
 def test_gpus_per_trial_on_a_machine_without_gpu_is_refused(tmp_path: Path, capsys) -> None:
     err = run_search_expecting_error(tmp_path, capsys, "--gpus-per-trial", "0.5")
     assert "--gpus-per-trial 0.5: this machine has no GPU" in err
 
 
-@pytest.mark.fast
 def test_a_trial_too_big_for_this_machine_is_named_before_it_starts() -> None:
     spec = load_spec(TINY).with_overrides({"size": 2048, "batch_size": 64}, {})
     (warning,) = check_search(spec, None)
@@ -64,7 +60,6 @@ def test_a_trial_too_big_for_this_machine_is_named_before_it_starts() -> None:
     assert check_search(load_spec(TINY), None) == []
 
 
-@pytest.mark.fast
 def test_memory_estimate_counts_the_real_networks_and_grows_with_size() -> None:
     gcfg = GeneratorConfig(3, 3, 64, ngf=8)
     weights = sum(p.numel() for p in UNetGenerator(gcfg).parameters()) * 4

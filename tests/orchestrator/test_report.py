@@ -384,6 +384,7 @@ def test_wandb_report_object_builds_offline(experiment: Path) -> None:
     assert "glyphs <demo> & co" in str(grid.runsets[0].filters)
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_report_lists_the_offline_runs_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")

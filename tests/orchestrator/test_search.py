@@ -354,7 +354,6 @@ def test_ctrl_c_stops_cleanly_and_the_printed_command_finishes_the_search(tmp_pa
     assert sorted(p.name for p in (experiment / "wandb").glob("offline-run-*")) == wandb_runs
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
@@ -400,7 +399,6 @@ def test_time_budget_ends_running_trials_and_the_best_so_far_is_exported(ray_ses
     assert wall < 25 + 60, f"{wall:.0f} s for a 25 s budget"  # Ray is already up; export and report remain
 
 
-@pytest.mark.fast
 def test_resume_without_name_picks_the_latest_search_of_this_spec_only(tmp_path: Path) -> None:
     for name in ("tiny-20261125-101500", "tiny-gpu-20261126-090000", "tiny-notes"):
         (tmp_path / name).mkdir()
@@ -422,7 +420,6 @@ def test_a_search_with_epochs_auto_runs_and_ends_trials_on_the_resolved_number(r
         assert trial["epochs"] <= 2 and (trial["status"] == "finished") == (trial["epochs"] == 2), trial
 
 
-@pytest.mark.fast
 def test_epochs_auto_gives_each_trial_min_train_images_and_at_least_the_grace_period() -> None:
     spec = load_spec(DEFAULT_SPEC)  # glyphs: max_train_images 768, batch 16, min_train_images 6144
     assert spec.epochs_auto and spec.search.min_train_images == 6144
@@ -442,12 +439,10 @@ def test_epochs_auto_gives_each_trial_min_train_images_and_at_least_the_grace_pe
     assert back.epochs_auto and back.with_epochs_for(235).trial_config({}).epochs == 28
 
 
-@pytest.mark.fast
 def test_time_budget_reads_durations() -> None:
     assert [parse_duration(v, "x") for v in (600, "90s", "10m", "1.5h", "0")] == [600, 90, 600, 5400, 0]
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

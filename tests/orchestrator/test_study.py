@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from orchestrator.trials.study import LatestOnlyWriter
-
-pytestmark = pytest.mark.fast
 
 
 def test_the_writer_rests_between_rewrites_and_flush_writes_the_latest() -> None:

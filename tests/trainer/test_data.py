@@ -36,9 +36,6 @@ from trainer.data import (
 from trainer.data.limits import IMAGE_PIXELS
 from trainer.errors import UserError
 
-pytestmark = pytest.mark.fast  # `make test-fast`: no Ray, no search
-
-
 MakeFolder = Callable[..., PairedFolder]
 
 

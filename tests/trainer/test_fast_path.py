@@ -37,8 +37,6 @@ from trainer.loop import (
     use_channels_last,
 )
 
-pytestmark = pytest.mark.fast  # `make test-fast`: no Ray, no search
-
 SIZE, WIDTH, BATCH, CHANNELS = 32, 8, 4, 3
 REFERENCE = dict(precision="fp32", channels_last="off", fused_adam=False, compile="off", log_every=1)
 CPU = torch.device("cpu")

@@ -15,9 +15,6 @@ from trainer.config import TrainConfig
 from trainer.loop import TrainStep, build_discriminator, build_generator, build_optimizer
 from trainer.names import LOSS_NAMES
 
-pytestmark = pytest.mark.fast  # `make test-fast`: no Ray, no search
-
-
 CFG = TrainConfig(
     size=32, ngf=8, ndf=8, batch_size=4, dropout=0.0, lambda_l1=100.0, lr_G=2e-4, lr_D=2e-4, seed=0, device="cpu",
     precision="fp32", channels_last="off", fused_adam=False, compile="off", log_every=1,

@@ -34,6 +34,7 @@ GLYPH_RUN = dict(
 GLYPH_MARGIN = 0.01
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_training_on_glyphs_beats_the_identity_baseline(tiny_config: MakeConfig, tmp_path: Path) -> None:
     cfg = tiny_config(**GLYPH_RUN)
     results = list(train(cfg, tmp_path))
@@ -41,6 +42,7 @@ def test_training_on_glyphs_beats_the_identity_baseline(tiny_config: MakeConfig,
     assert results[-1].best_val_ssim > identity["val_ssim"] + GLYPH_MARGIN, (results[-1].best_val_ssim, identity)
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 @pytest.mark.parametrize("ema_decay", [0.0, 0.999], ids=["plain", "ema"])
 def test_resume_equals_uninterrupted(tiny_config: MakeConfig, tmp_path: Path, ema_decay: float) -> None:
     cfg = tiny_config(epochs=2, ema_decay=ema_decay)
@@ -62,6 +64,7 @@ def test_resume_equals_uninterrupted(tiny_config: MakeConfig, tmp_path: Path, em
     assert straight[-1].val == resumed[-1].val and straight[-1].losses == resumed[-1].losses
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_checkpoints_hold_everything_to_continue(tiny_config: MakeConfig, tmp_path: Path) -> None:
     cfg = tiny_config(epochs=2)
     results = list(train(cfg, tmp_path))
@@ -80,6 +83,7 @@ def test_checkpoints_hold_everything_to_continue(tiny_config: MakeConfig, tmp_pa
     assert last["split_hash"] == load_run_data(cfg, tmp_path).split_hash
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_val_metrics_are_fp32_even_when_training_in_bf16(tiny_config: MakeConfig, tmp_path: Path) -> None:
     """The reported val SSIM is what an fp32 evaluation of the saved checkpoint gives, on any hardware."""
     cfg = tiny_config(precision="bf16", epochs=2)
@@ -90,6 +94,7 @@ def test_val_metrics_are_fp32_even_when_training_in_bf16(tiny_config: MakeConfig
     assert rescored == pytest.approx(best.val, abs=1e-6)
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_with_ema_validation_scores_the_average_and_exports_it(tiny_config: MakeConfig, tmp_path: Path) -> None:
     cfg = tiny_config(epochs=2, ema_decay=0.99)
     results = list(train(cfg, tmp_path))
@@ -105,7 +110,6 @@ def test_with_ema_validation_scores_the_average_and_exports_it(tiny_config: Make
     assert rescored == pytest.approx(best.val, abs=1e-6)
 
 
-@pytest.mark.fast
 def test_ema_averages_parameters_and_copies_buffers() -> None:
     G = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     ema = GeneratorEma(G, decay=0.5)
@@ -125,6 +129,7 @@ def test_ema_averages_parameters_and_copies_buffers() -> None:
         assert torch.equal(got, want)
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_l1_only_trains_without_a_discriminator(tiny_config: MakeConfig, tmp_path: Path) -> None:
     results = list(train(tiny_config(epochs=2, gan_weight=0.0), tmp_path))
     assert [set(r.losses) for r in results] == [{"G_L1"}, {"G_L1"}]
@@ -135,6 +140,7 @@ def test_l1_only_trains_without_a_discriminator(tiny_config: MakeConfig, tmp_pat
     assert set(with_gan.losses) == set(LOSS_NAMES)
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_a_diverging_run_stops_with_training_diverged(tiny_config: MakeConfig, tmp_path: Path) -> None:
     # lambda_l1 = 1e300 is infinite in float32: the first backward pass poisons the weights.
     with pytest.raises(TrainingDiverged, match="NaN or infinite"):

@@ -12,9 +12,6 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from trainer.metrics import mae_per_image, per_image_metrics, psnr_per_image, ssim_per_image
 from trainer.names import METRIC_NAMES
 
-pytestmark = pytest.mark.fast  # `make test-fast`: no Ray, no search
-
-
 TOLERANCE = 1e-4
 SIDE = 64
 

@@ -9,9 +9,6 @@ from torch import nn
 from trainer.config import GeneratorConfig
 from trainer.models import PatchDiscriminator, UNetGenerator, count_parameters, init_weights, receptive_field
 
-pytestmark = pytest.mark.fast  # `make test-fast`: no Ray, no search
-
-
 # Golden values of the reference implementation (pytorch-CycleGAN-and-pix2pix, unet_256 / basic D).
 REFERENCE_G_PARAMETERS = 54_413_955  # 256 px, 3 -> 3 channels, ngf 64
 REFERENCE_D_PARAMETERS = 2_768_705  # 6 input channels (A and B concatenated), ndf 64

@@ -117,6 +117,7 @@ def corrupt_image(tmp_path: Path, paired_folder: MakeFolder) -> tuple[Path, list
     return root, ["img004.png", "cannot be read as an image", "replace or remove it"]
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 @pytest.mark.parametrize("make_bad_input", [missing_folder, unpaired_names, odd_width, corrupt_image])
 def test_bad_data_is_refused_cleanly(
     make_bad_input: Callable[..., tuple[Path, list[str]]], paired_folder: MakeFolder, tmp_path: Path
@@ -129,6 +130,7 @@ def test_bad_data_is_refused_cleanly(
     assert not out.exists()  # the data is checked before anything is written
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_size_must_be_a_power_of_two(paired_folder: MakeFolder, tmp_path: Path) -> None:
     data, out = paired_folder(count=6).root, tmp_path / "run"
     result = run_cli("trainer.train", "--data", data, *TINY_FLAGS, "--size", "48", "--out", out, cwd=tmp_path)
@@ -150,6 +152,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, glyphs_root: Path) -> tup
     return workdir / "run", result.stdout
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_train_reports_every_epoch_and_the_best_against_identity(tiny_run: tuple[Path, str]) -> None:
     run_dir, stdout = tiny_run
     for text in ("epoch 1/2", "epoch 2/2", "G_GAN", "G_L1", "D_real", "D_fake", "val_ssim", "val_psnr", "val_mae"):
@@ -176,6 +179,7 @@ def test_resume_of_a_finished_run_only_reports(tiny_run: tuple[Path, str], capsy
     assert (run_dir / LAST).stat().st_mtime_ns == before
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_evaluate_prints_the_table_and_writes_the_grid(tiny_run: tuple[Path, str]) -> None:
     run_dir, _ = tiny_run
     result = run_cli("trainer.evaluate", "--checkpoint", run_dir / BEST, "--split", "test", cwd=run_dir)
@@ -186,6 +190,7 @@ def test_evaluate_prints_the_table_and_writes_the_grid(tiny_run: tuple[Path, str
     assert grid.shape == (8 * 32 + 7 * 2, 3 * 32 + 2 * 2, 3)  # 8 rows of input | output | target
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_evaluate_checkpoint_uses_the_runs_split(tiny_run: tuple[Path, str]) -> None:
     run_dir, _ = tiny_run
     result = evaluate_cli.evaluate_checkpoint(run_dir / BEST, split="val", device="cpu")
@@ -196,6 +201,7 @@ def test_evaluate_checkpoint_uses_the_runs_split(tiny_run: tuple[Path, str]) -> 
     assert [t.shape for t in result.samples] == [(8, 1, 32, 32)] * 3
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_evaluate_reads_and_writes_nothing_beside_the_checkpoint(tiny_run: tuple[Path, str], tmp_path: Path) -> None:
     """A read-only command: a checkpoint copied alone (no split.json) is scored on the split its
     seed gives, checked against the checkpoint's split hash, and its folder is left as it was."""
@@ -206,6 +212,7 @@ def test_evaluate_reads_and_writes_nothing_beside_the_checkpoint(tiny_run: tuple
     assert [p.name for p in tmp_path.iterdir()] == [BEST]
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_native_size_metrics_equal_skimage_on_the_images_predict_writes(
     tiny_run: tuple[Path, str], glyphs_root: Path, tmp_path: Path
 ) -> None:
@@ -273,6 +280,7 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_export_is_readable_like_any_new_file(export_dir: Path) -> None:
     """Atomic writes go through private temp files; the export must not stay private (shared storage)."""
     umask = os.umask(0)
@@ -359,6 +367,7 @@ def png_header(path: Path) -> tuple[int, int, int, int]:
     return struct.unpack(">IIBB", path.read_bytes()[16:26])
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_predict_translates_a_folder(export_dir: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     inputs = tmp_path / "in"
@@ -682,6 +691,7 @@ def checkpoint_without_split(state: dict) -> str:
     return "has no 'split_hash'"
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 @pytest.mark.parametrize("spoil", [checkpoint_of_width_2048, checkpoint_of_other_weights, checkpoint_without_split])
 def test_evaluate_refuses_a_spoiled_checkpoint(
     spoil: Callable[[dict], str], tiny_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]

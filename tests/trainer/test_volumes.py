@@ -301,6 +301,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Train
     return run_dir, export, cfg
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_evaluate_reports_each_test_subject_in_hu(trained: tuple[Path, Path, TrainConfig]) -> None:
     run_dir, _, cfg = trained
     result = evaluate_cli.evaluate_checkpoint(run_dir / BEST, "test", device="cpu")
@@ -425,6 +426,7 @@ def test_phantom_subjects_are_heads_in_hu_with_their_own_pose() -> None:
     assert not np.array_equal(subjects[0][2], subjects[1][2])  # each head its own shape and pose
 
 
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
 def test_the_phantom_set_loads_split_by_subject_and_its_spec_searches_it() -> None:
     from orchestrator.spec import load_spec
 

@@ -10,8 +10,6 @@ from trainer.compile_choice import MEASURED, Measured, measured_mode
 from trainer.config import TrainConfig
 from trainer.errors import UserError
 
-pytestmark = pytest.mark.fast
-
 H200 = "NVIDIA H200"
 RECORDS = (
     Measured(H200, 256, 16, 64, "off", "test"),

@@ -27,8 +27,6 @@ from trainer.errors import UserError
 from trainer.fused import FusedTrials
 from trainer.models import UNetGenerator
 
-pytestmark = pytest.mark.fast
-
 CPU = torch.device("cpu")
 CHANNELS, STEPS = 3, 3
 BASE = TrainConfig(
