@@ -47,6 +47,9 @@ HASH_CHUNK = 16 * 1024**2
 STORAGE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
 
 
+_WARNED: set[Path] = set()  # cache folders this process has warned about
+
+
 @dataclass(frozen=True)
 class Entry:
     """A complete cache entry: its folder and what its builder recorded beside the files."""
@@ -104,7 +107,9 @@ def cached(kind: str, key: dict[str, Any], build: Callable[[Path], dict[str, Any
     except OSError as err:
         if err.errno not in STORAGE_ERRNOS:
             raise
-        print(f"warning: {root}: cannot hold the data cache ({err.strerror}); {fallback}", file=sys.stderr)
+        if root not in _WARNED:  # one line per process, not one per split
+            _WARNED.add(root)
+            print(f"warning: {root}: cannot hold the data cache ({err.strerror}); {fallback}", file=sys.stderr)
         return None
 
 
