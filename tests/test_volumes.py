@@ -164,7 +164,7 @@ def test_window_maps_given_sides_and_percentile_the_others(tmp_path: Path) -> No
     assert data.maps["B"] == IntensityMap("window", -1000.0, 2000.0)
     assert data.maps["A"].mode == "percentile"
     _, b = data.splits["train"].batch(torch.arange(len(data.splits["train"])))
-    raw = torch.from_numpy(np.asarray(data.splits["train"].b, np.float32))
+    raw = torch.from_numpy(np.array(data.splits["train"].b, np.float32))  # a copy: the map is read-only
     torch.testing.assert_close(b, ((raw + 1000) / 1500 - 1).clamp(-1, 1))
 
 
