@@ -12,7 +12,7 @@ from orchestrator.spec import SearchSpec
 from trainer.config import TrainConfig
 from trainer.data import find_splits, resolve_root
 from trainer.errors import UserError
-from trainer.memory import available_bytes, training_bytes
+from trainer.memory import available_bytes, decoded_bytes, training_bytes
 
 GIB = 1024**3
 MEMORY_SIZED = ("size", "batch_size", "ngf", "ndf")  # the settings a trial's memory grows with
@@ -25,7 +25,10 @@ def check_search(spec: SearchSpec, address: str | None) -> list[str]:
     if address:
         return []  # the cluster's nodes and GPUs are known only once Ray has joined it (and may autoscale)
     check_local_resources(spec)
-    return memory_warnings(spec, largest_trial(spec), sum(len(pairs) for pairs in splits.values()))
+    pairs = [p for split in splits.values() for p in split]
+    # Volumes: pairs are subjects, decoded as float32 at most; image files as 8 bits (16-bit ones take twice that).
+    value_bytes = 4 if any(p.is_volume for p in pairs) else 1
+    return memory_warnings(spec, largest_trial(spec), len(pairs), value_bytes)
 
 
 def check_local_resources(spec: SearchSpec) -> None:
@@ -53,16 +56,18 @@ def largest_trial(spec: SearchSpec) -> TrainConfig:
     return spec.trial_config(largest)
 
 
-def memory_warnings(spec: SearchSpec, cfg: TrainConfig, images: int) -> list[str]:
+def memory_warnings(spec: SearchSpec, cfg: TrainConfig, images: int, value_bytes: int = 1) -> list[str]:
     if spec.search.gpus_per_trial > 0:
         return []  # the activations live on the GPU, whose memory torch reports only per device at run time
-    per_trial = training_bytes(cfg, images=images)
+    per_trial = training_bytes(cfg)
+    shared = decoded_bytes(cfg, images, value_bytes)  # once per node, whatever the number of trials
     at_once = min(spec.search.max_concurrent, int((os.cpu_count() or 1) // spec.search.cpus_per_trial) or 1)
     available = available_bytes()
-    if available is None or per_trial * at_once <= available:
+    if available is None or per_trial * at_once + shared <= available:
         return []
     return [
         f"each trial may need about {per_trial / GIB:.1f} GiB ({cfg.size} px, batch {cfg.batch_size}, ngf {cfg.ngf}, "
-        f"ndf {cfg.ndf}, {images} image pairs in memory) and {at_once} run at once, but {available / GIB:.1f} GiB "
-        "is available: lower --max-concurrent, --batch-size or --size, or max_train_images"
+        f"ndf {cfg.ndf}) and {at_once} run at once, beside {shared / GIB:.1f} GiB of decoded data they share "
+        f"({images} image pairs), but {available / GIB:.1f} GiB is available: lower --max-concurrent, --batch-size "
+        "or --size, or max_train_images"
     ]

@@ -227,7 +227,7 @@ def identity_baseline(
 @torch.no_grad()
 def mean_image(images: PairedImages, batch_size: int = 256) -> torch.Tensor:
     """The mean target of a split in [-1, 1], (C, H, W): the mean-image baseline's one output."""
-    total = torch.zeros(images.b.shape[1:])
+    total = torch.zeros(images.target_shape)
     for start in range(0, len(images), batch_size):
         _, b = images.batch(torch.arange(start, min(start + batch_size, len(images))))
         total += b.sum(0).cpu()

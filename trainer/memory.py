@@ -46,9 +46,9 @@ def generator_bytes(gcfg: GeneratorConfig, batch: int = 1) -> int:
     return (_parameters(G) + acts) * FLOAT_BYTES
 
 
-def training_bytes(cfg: TrainConfig, in_channels: int = 3, out_channels: int = 3, images: int = 0) -> int:
-    """One training step of G and D at cfg.batch_size (weights, gradients, Adam state, the
-    activations kept for backward) plus `images` decoded pairs held in memory as float32."""
+def training_bytes(cfg: TrainConfig, in_channels: int = 3, out_channels: int = 3) -> int:
+    """One training step of G and D at cfg.batch_size: weights, gradients, Adam state and the
+    activations kept for backward. The data is not in it: see decoded_bytes."""
     gcfg = cfg.generator_config(in_channels, out_channels)
     with torch.device("meta"):
         G = UNetGenerator(gcfg)
@@ -57,8 +57,13 @@ def training_bytes(cfg: TrainConfig, in_channels: int = 3, out_channels: int = 3
         b = torch.empty(cfg.batch_size, out_channels, cfg.size, cfg.size)
         acts = _forward_elements(G, a) + 2 * _forward_elements(D, a, b)  # D on real and on fake pairs
     weights = ADAM_COPIES * (_parameters(G) + _parameters(D))
-    data = images * (in_channels + out_channels) * cfg.size * cfg.size
-    return (weights + acts + data) * FLOAT_BYTES
+    return (weights + acts) * FLOAT_BYTES
+
+
+def decoded_bytes(cfg: TrainConfig, images: int, value_bytes: int, in_channels: int = 3, out_channels: int = 3) -> int:
+    """`images` decoded pairs at cfg.size, `value_bytes` per value (1 for 8-bit files): the one copy
+    a node's trials share (trainer.data.cache), mapped from the page cache, not one per trial."""
+    return images * (in_channels + out_channels) * cfg.size * cfg.size * value_bytes
 
 
 def available_bytes() -> int | None:

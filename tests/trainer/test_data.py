@@ -43,8 +43,9 @@ def loaded_pixels(data: PairedData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """name -> (A, B) as (H, W, C) integer arrays, across all splits."""
     pixels = {}
     for images in data.splits.values():
+        a, b = images.units(torch.arange(len(images)))
         for i, name in enumerate(images.names):
-            pixels[name] = (images.a[i].permute(1, 2, 0).numpy(), images.b[i].permute(1, 2, 0).numpy())
+            pixels[name] = (a[i].permute(1, 2, 0).numpy(), b[i].permute(1, 2, 0).numpy())
     return pixels
 
 

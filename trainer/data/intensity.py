@@ -54,17 +54,35 @@ class IntensityMap:
         return cls(str(values["mode"]), float(values["low"]), float(values["high"]))
 
 
-def fit_map(mode: str, training_values: torch.Tensor, side: str) -> IntensityMap:
+@dataclass(frozen=True)
+class SideStats:
+    """What the mappings fitted on a training split need of one side (A or B), in the data's units:
+    computed once when the split is decoded and kept in the decoded cache's manifest, so a trial
+    fits its mapping without reading the whole split again."""
+
+    percentile: tuple[float, float]  # PERCENTILES of the values
+    minmax: tuple[float, float]
+    maximum: float  # of every value, not only the sample (the 12-bit check of trainer.data)
+
+    @classmethod
+    def of(cls, values: np.ndarray, scale: int = 1) -> SideStats:
+        """Stats of `values` (any shape, stored units) times `scale` (stored -> the data's units)."""
+        flat = values.reshape(-1)
+        if flat.size > FIT_SAMPLE:
+            generator = torch.Generator().manual_seed(0)
+            flat = flat[torch.randint(0, flat.size, (FIT_SAMPLE,), generator=generator).numpy()]
+        sample = flat.astype(np.float64) * scale if scale != 1 else flat.astype(np.float64)
+        low, high = (float(v) for v in np.percentile(sample, PERCENTILES))
+        return cls((low, high), (float(sample.min()), float(sample.max())), float(values.max()) * scale)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SideStats:
+        return cls(tuple(values["percentile"]), tuple(values["minmax"]), float(values["maximum"]))
+
+
+def fit_map(mode: str, stats: SideStats, side: str) -> IntensityMap:
     """percentile or minmax over one side of the training split."""
-    values = training_values.reshape(-1)
-    if values.numel() > FIT_SAMPLE:
-        generator = torch.Generator().manual_seed(0)
-        values = values[torch.randint(0, values.numel(), (FIT_SAMPLE,), generator=generator)]
-    values = values.double().numpy()
-    if mode == "minmax":
-        low, high = float(values.min()), float(values.max())
-    else:
-        low, high = (float(v) for v in np.percentile(values, PERCENTILES))
+    low, high = stats.minmax if mode == "minmax" else stats.percentile
     try:
         return IntensityMap(mode, low, high)
     except UserError as err:

@@ -66,19 +66,23 @@ def read_volume(path: Path) -> NiftiVolume:
     shape comes from the header and is checked (3D, the voxel limit) before any voxel is decoded."""
     try:
         image = nib.load(str(path))
-        shape = _checked_shape(path, image.shape)
+        shape = checked_shape(path, image.shape)
         data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
     except UserError:
         raise
     except Exception as err:  # nibabel raises many types for truncated or foreign files
-        raise UserError(f"{path}: cannot be read as NIfTI ({type(err).__name__}); replace or remove it") from None
+        raise unreadable(path, err) from None
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         raise UserError(f"{path}: has {bad} NaN or infinite voxels; fix or remove the file")
     return NiftiVolume(Path(path), data, image)
 
 
-def _checked_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
+def unreadable(path: Path, err: Exception) -> UserError:
+    return UserError(f"{path}: cannot be read as NIfTI ({type(err).__name__}); replace or remove it")
+
+
+def checked_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The 3D shape a header declares (a trailing time axis of 1 dropped), or a UserError."""
     if len(shape) == 4 and shape[3] == 1:  # a 3D volume saved with a trailing time axis of 1
         shape = shape[:3]

@@ -1,0 +1,258 @@
+"""The decoded data cache at scale: generated data under a temporary folder (removed afterwards),
+measured in fresh processes so that each number is its own.
+
+  python -m benchmarks.data_cache --pairs 2000 --subjects 12
+
+2D: `--pairs` pairs of 256-px RGB PNGs (A/ B/). Volumes: `--subjects` subjects of 256x256x`--depth`
+(CT-like int16 in HU with body masks, MR-like float32), .nii.gz. Printed for each: the cache build's
+time and peak RSS (and the in-memory decode's, for 2D with --in-memory), time from a trial's start to
+its first training step with an empty and with a built cache, the PSS of 4 concurrent processes
+that each read every training and validation row, and training / validation images/s on the mapped
+cache against the same arrays in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PSS_PROCESSES = 4
+
+
+def write_pairs(root: Path, count: int, size: int) -> None:
+    """Smooth RGB scenes with noise (PNG compresses them like photos, not like pure noise)."""
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    grid = np.linspace(0, 1, size, dtype=np.float32)
+    for i in range(count):
+        phase = rng.uniform(0, 6.3, 3)
+        base = np.stack([np.sin(grid[:, None] * 6 + grid[None, :] * 4 + p) for p in phase], -1)
+        a = ((base * 0.4 + 0.5) * 255 + rng.normal(0, 8, (size, size, 3))).clip(0, 255).astype(np.uint8)
+        for side, image in (("A", a.mean(-1, keepdims=True).repeat(3, -1).astype(np.uint8)), ("B", a)):
+            (root / side).mkdir(parents=True, exist_ok=True)
+            iio.imwrite(root / side / f"p{i:05d}.png", image)
+
+
+def write_subjects(root: Path, count: int, depth: int) -> None:
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    shape = (256, 256, depth)
+    grid = np.stack(np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij"), -1)
+    affine = np.diag([1.0, 1.0, 1.5, 1.0])
+    for i in range(count):
+        r = np.sqrt(((grid / np.array([0.8, 0.9, 1.1], np.float32) * (1 + 0.02 * i)) ** 2).sum(-1))
+        body, bone = r < 0.9, (r > 0.75) & (r < 0.9)
+        ct = np.where(body, 40, -1000) + 1000 * bone + rng.normal(0, 10, shape)
+        mr = np.abs(np.where(body, 600.0, 0.0) - 450 * bone + rng.normal(0, 15, shape)).astype(np.float32)
+        for side, values in (("A", mr), ("B", ct.astype(np.int16)), ("mask", body.astype(np.uint8))):
+            (root / side).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(values, affine), root / side / f"s{i:03d}.nii.gz")
+
+
+# ---------------------------------------------------------------------------------------------
+# workers: each a fresh process
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pss_mb() -> float:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker(job: dict) -> dict:
+    import torch
+
+    from trainer.config import TrainConfig
+    from trainer.data import load_run_data
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    cfg = TrainConfig(**job["config"])
+    if job["kind"] == "load":
+        data = load_run_data(cfg, None, save_split_file=False)
+        return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb(), "bytes": _bytes(data)}
+    if job["kind"] == "first_step":
+        from trainer.loop import train
+
+        class FirstStep(Exception):
+            pass
+
+        def stop(*_: object) -> None:
+            raise FirstStep
+
+        try:
+            for _ in train(cfg, Path(job["run_dir"]), on_step=stop):
+                pass
+        except FirstStep:
+            pass
+        return {"seconds": time.perf_counter() - started}
+    if job["kind"] == "pss":
+        before = pss_mb()  # the interpreter, torch and trainer: not data
+        data = load_run_data(cfg, None, save_split_file=False)
+        for split in ("train", "val"):
+            images = data.splits[split]
+            for start in range(0, len(images), 64):
+                images.batch(torch.arange(start, min(start + 64, len(images))))
+        Path(job["ready"]).touch()
+        while len(list(Path(job["ready"]).parent.glob("ready-*"))) < PSS_PROCESSES:
+            time.sleep(0.2)
+        pss = pss_mb()
+        time.sleep(2)  # the others measure while this one still maps the cache
+        return {"pss_mb": pss, "data_pss_mb": pss - before}
+    if job["kind"] == "throughput":
+        return throughput(cfg, job["steps"])
+    raise ValueError(job["kind"])
+
+
+def _bytes(data: object) -> int:
+    return sum(x.nbytes for x in data.splits.values())
+
+
+def throughput(cfg: object, steps: int) -> dict:
+    """Training steps and a validation pass on the mapped cache, then on the same arrays in memory."""
+    import dataclasses
+
+    import torch
+
+    from trainer.data import load_run_data
+    from trainer.loop import TrainStep, build_discriminator, build_generator, build_optimizer, evaluate, training_batch
+
+    data = load_run_data(cfg, None, save_split_file=False)
+    results = {}
+    for mode in ("cached", "in_memory"):
+        splits = data.splits
+        if mode == "in_memory":
+            splits = {s: dataclasses.replace(x, a=np.array(x.a), b=np.array(x.b)) for s, x in splits.items()}
+        torch.manual_seed(0)
+        device = torch.device("cpu")
+        G = build_generator(cfg.generator_config(data.in_channels, data.out_channels), device)
+        D = build_discriminator(cfg, data.in_channels + data.out_channels, device)
+        step = TrainStep(
+            cfg, G, D, build_optimizer(G, cfg.lr_G, cfg), build_optimizer(D, cfg.lr_D, cfg),
+            torch.amp.GradScaler("cpu", enabled=False), amp_dtype=None,
+        )  # fmt: skip
+        generator = torch.Generator().manual_seed(0)
+        order = torch.randperm(len(splits["train"]), generator=generator)
+        started = time.perf_counter()
+        for i in range(steps):
+            a, b = training_batch(splits["train"], order[i * cfg.batch_size : (i + 1) * cfg.batch_size], cfg, generator)
+            step(a, b)
+        train_rate = steps * cfg.batch_size / (time.perf_counter() - started)
+        started = time.perf_counter()
+        evaluate(G, splits["val"], cfg.val_batch_size)
+        val_rate = len(splits["val"]) / (time.perf_counter() - started)
+        results[mode] = {"train_images_per_s": round(train_rate, 2), "val_images_per_s": round(val_rate, 2)}
+    return results
+
+
+def run_worker(job: dict, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.data_cache", "--worker", json.dumps(job)],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+
+
+def result_of(process: subprocess.Popen) -> dict:
+    out, _ = process.communicate()
+    if process.returncode:
+        raise SystemExit(f"a worker failed (exit {process.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure(name: str, data: Path, config: dict, work: Path, in_memory: bool, steps: int) -> None:
+    env = {**os.environ, "PIX2PIX_CACHE": str(work / "cache"), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    config = {**config, "data": str(data), "device": "cpu", "precision": "fp32"}
+    print(f"\n== {name}: {data}")
+    if in_memory:
+        mem = result_of(run_worker({"kind": "load", "config": config}, {**env, "PIX2PIX_DATA_CACHE": "off"}))
+        print(
+            f"in-memory decode (PIX2PIX_DATA_CACHE=off): {mem['seconds']:.1f} s, peak RSS {mem['peak_rss_mb']:.0f} MB"
+        )
+    first = result_of(run_worker({"kind": "first_step", "config": config, "run_dir": str(work / "r1")}, env))
+    print(f"first trial, empty cache: start -> first training step {first['seconds']:.1f} s (includes the build)")
+    shutil.rmtree(work / "cache")
+    build = result_of(run_worker({"kind": "load", "config": config}, env))
+    decoded_mb = build["bytes"] / 1e6
+    print(f"cache build: {build['seconds']:.1f} s, peak RSS {build['peak_rss_mb']:.0f} MB, decoded {decoded_mb:.0f} MB")
+    later = [
+        result_of(run_worker({"kind": "first_step", "config": config, "run_dir": str(work / f"r{i}")}, env))
+        for i in (2, 3)
+    ]
+    print("later trials: start -> first training step " + ", ".join(f"{r['seconds']:.1f} s" for r in later))
+    ready = work / "ready"
+    ready.mkdir()
+    jobs = [{"kind": "pss", "config": config, "ready": str(ready / f"ready-{i}")} for i in range(PSS_PROCESSES)]
+    pss = [result_of(p) for p in [run_worker(job, env) for job in jobs]]
+    data_pss = sum(p["data_pss_mb"] for p in pss)
+    print(
+        f"PSS of {PSS_PROCESSES} concurrent processes reading every train/val row: "
+        + ", ".join(f"{p['pss_mb']:.0f}" for p in pss)
+        + " MB (interpreter and torch included); grown by loading and reading the data: "
+        + ", ".join(f"{p['data_pss_mb']:.0f}" for p in pss)
+        + f" MB, sum {data_pss:.0f} MB = {data_pss / decoded_mb:.2f}x one decoded copy ({decoded_mb:.0f} MB)"
+    )
+    rates = result_of(run_worker({"kind": "throughput", "config": config, "steps": steps}, env))
+    print(f"images/s ({steps} training steps, one validation pass): {json.dumps(rates)}")
+
+
+def cgroup_note() -> str:
+    controllers = Path("/sys/fs/cgroup/cgroup.controllers")
+    if not controllers.exists():
+        return "cgroup v2 is not mounted at /sys/fs/cgroup here: the memory.max run was not made"
+    if not os.access("/sys/fs/cgroup", os.W_OK):
+        return "/sys/fs/cgroup is not writable here: the memory.max run was not made"
+    return "cgroup v2 is writable, but this script does not make the memory.max run yet"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data_cache", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=2000, help="2D pairs of 256-px RGB PNGs (0: skip)")
+    parser.add_argument("--subjects", type=int, default=12, help="volume subjects of 256x256xDEPTH (0: skip)")
+    parser.add_argument("--depth", type=int, default=160)
+    parser.add_argument("--steps", type=int, default=8, help="training steps timed per mode")
+    parser.add_argument("--in-memory", action="store_true", help="also time today's in-memory decode (2D)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    work = Path(tempfile.mkdtemp(prefix="pix2pix-bench-cache-"))
+    try:
+        small = {"size": 256, "ngf": 16, "ndf": 16, "batch_size": 8, "val_batch_size": 32}
+        if args.pairs:
+            started = time.perf_counter()
+            write_pairs(work / "pairs", args.pairs, 256)
+            print(f"wrote {args.pairs} pairs in {time.perf_counter() - started:.0f} s")
+            measure("2D", work / "pairs", small, work / "w2d", args.in_memory, args.steps)
+        if args.subjects:
+            started = time.perf_counter()
+            write_subjects(work / "volumes", args.subjects, args.depth)
+            print(f"wrote {args.subjects} subjects in {time.perf_counter() - started:.0f} s")
+            volumes = {**small, "intensity": "window", "window_low_b": -1000.0, "window_high_b": 2000.0}
+            measure("volumes", work / "volumes", volumes, work / "wvol", args.in_memory, args.steps)
+        print(f"\n{cgroup_note()}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
