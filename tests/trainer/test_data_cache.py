@@ -39,6 +39,7 @@ def entries(kind: str = "decoded") -> list[Path]:
     return sorted(cache_root().glob(f"{kind}-*")) if cache_root().is_dir() else []
 
 
+@pytest.mark.slow  # trains for seconds / starts processes (tests/conftest.py: tiers)
 def test_a_trial_on_cached_data_trains_the_same_weights_as_on_data_in_memory(
     tiny_config: Callable[..., TrainConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -61,6 +62,7 @@ def test_splits_are_read_only_maps_in_a_compact_type(paired_folder: MakeFolder) 
     assert ct.splits["train"].b.dtype == np.float32  # resized from 20 x 16: float values, kept exactly
 
 
+@pytest.mark.slow  # trains for seconds / starts processes (tests/conftest.py: tiers)
 def test_concurrent_processes_decode_each_split_once(paired_folder: MakeFolder) -> None:
     root = paired_folder(count=30).root
     script = (
