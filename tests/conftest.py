@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,3 +168,30 @@ def paired_folder(tmp_path: Path) -> Callable[..., PairedFolder]:
         return PairedFolder(root, pixels)
 
     return make
+
+
+@pytest.fixture
+def s3_data(
+    paired_folder: Callable[..., PairedFolder], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, PairedFolder]]:
+    """10 random pairs in a bucket of a real S3-compatible server (moto) on loopback, and their URI;
+    the credentials are in the environment, which searches started by the test inherit."""
+    moto_server = pytest.importorskip("moto.server")
+    from pyarrow import fs
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3 = fs.S3FileSystem(
+        endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1", allow_bucket_creation=True
+    )
+    s3.create_dir("pairs")
+    written = paired_folder(count=10)
+    for path in written.root.rglob("*.png"):
+        with s3.open_output_stream(f"pairs/set/{path.relative_to(written.root)}") as out:
+            out.write(path.read_bytes())
+    yield f"s3://pairs/set?endpoint_override={host}:{port}&scheme=http&region=us-east-1", written
+    server.stop()

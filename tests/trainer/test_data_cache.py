@@ -177,29 +177,6 @@ def test_a_subject_with_an_empty_mask_is_named(tmp_path: Path, capsys: pytest.Ca
 # object storage: a real S3-compatible server (moto) on loopback
 
 
-@pytest.fixture
-def s3_data(paired_folder: MakeFolder, monkeypatch: pytest.MonkeyPatch) -> tuple[str, PairedFolder]:
-    moto_server = pytest.importorskip("moto.server")
-    from pyarrow import fs
-
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    s3 = fs.S3FileSystem(
-        endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1", allow_bucket_creation=True
-    )
-    s3.create_dir("pairs")
-    written = paired_folder(count=10)
-    for path in written.root.rglob("*.png"):
-        with s3.open_output_stream(f"pairs/set/{path.relative_to(written.root)}") as out:
-            out.write(path.read_bytes())
-    yield f"s3://pairs/set?endpoint_override={host}:{port}&scheme=http&region=us-east-1", written
-    server.stop()
-
-
 def test_data_in_s3_is_fetched_once_per_node(
     s3_data: tuple[str, PairedFolder], capsys: pytest.CaptureFixture[str]
 ) -> None:
