@@ -30,7 +30,13 @@ from orchestrator.report.page import REPORT
 from orchestrator.results import EXPORT_DIR, SUMMARY_FILE, export_best, render_summary, summarize_trials, write_summary
 from orchestrator.spec import SPEC_FILE, SearchSpec, format_duration, save_spec
 from orchestrator.tracking.callback import WandbTrialLogger
-from orchestrator.tracking.runs import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
+from orchestrator.tracking.runs import (
+    check_online_or_fallback,
+    log_search_run,
+    resolve_wandb_mode,
+    sync_command,
+    wandb_hint,
+)
 from orchestrator.trials.endings import CTRL_C, DISK_FULL, TrialEndings, ctrl_c_stops_the_search
 from orchestrator.trials.limits import SearchLimits
 from orchestrator.trials.progress import LiveTrialTable
@@ -384,4 +390,4 @@ def print_summary(summary: dict[str, Any], out_dir: Path, report: Path, report_u
     )
     wandb = summary["wandb"]
     if wandb and wandb["mode"] == "offline":
-        console.print(f"W&B runs are offline; upload them with: {sync_command(out_dir)}", soft_wrap=True)
+        console.print(f"W&B runs are offline; upload them with: {sync_command(out_dir)}{wandb_hint()}", soft_wrap=True)

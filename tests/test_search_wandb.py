@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -51,7 +52,8 @@ def test_unreachable_server_falls_back_to_offline_and_says_how_to_sync(search_wi
     experiment, done, _ = search_with_wandb
     summary = json.loads((experiment / "summary.json").read_text())
     assert summary["wandb"]["mode"] == "offline"
-    assert "wandb sync" in done.stdout and "wandb sync" in summary["wandb"]["sync_command"]
+    assert summary["wandb"]["sync_command"] == "wandb sync wandb"  # run from the folder, wherever it is
+    assert f"cd {experiment} && wandb sync wandb" in done.stdout
 
 
 def test_one_offline_run_per_trial_and_one_for_the_search_in_one_group(search_with_wandb) -> None:
@@ -125,6 +127,7 @@ def test_a_moved_experiment_still_resolves_every_run_artifact_and_path(search_wi
         for name in ("summary.json", "report.html", "best/model_card.json", "best/config.json", "best/README.md"):
             text = (copy / name).read_text()
             assert str(experiment) not in text and str(experiment.parent) not in text, name
+            assert sys.prefix not in text, f"{name} names this machine's Python ({sys.prefix})"
     finally:
         away.rename(experiment)
 

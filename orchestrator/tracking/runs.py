@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import sys
 import threading
 import urllib.error
@@ -48,6 +49,7 @@ ENV_MODES = {
 }
 STEP_METRIC = "epoch"
 TRIAL_SUMMARIES = {"val_ssim": "max", "val_psnr": "max", "val_mae": "min"}
+RUNS_FOLDER = "wandb"  # wandb.init(dir=D) writes its runs into D/wandb/
 MODEL_REGISTRY = "wandb-registry-model"  # online only: where the search run links the exported model
 
 
@@ -124,11 +126,22 @@ def server_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
     return bool(status) and status[0] < 500
 
 
-def sync_command(wandb_dir: Path | str) -> str:
-    """The command that uploads this experiment's offline runs (it skips runs already synced). A relative
-    `wandb_dir` stays relative (summary.json's command, run from the experiment folder, which may move)."""
-    runs_root = Path(wandb_dir) / "wandb"
-    return f"{shlex.quote(sys.executable)} -m wandb sync {shlex.quote(str(runs_root))}"
+def sync_command(experiment_dir: Path | str = ".") -> str:
+    """The command that uploads an experiment's offline runs (it skips runs already synced). It runs from
+    the experiment folder, wherever that has moved: the model artifact names its files relative to it
+    (model_artifact). "." gives the command alone (summary.json's); another folder, `cd FOLDER && ...`.
+    No interpreter path: one absolute path would tie the folder's text to this machine (wandb_hint)."""
+    command = f"wandb sync {RUNS_FOLDER}"
+    return command if str(experiment_dir) == "." else f"cd {shlex.quote(str(experiment_dir))} && {command}"
+
+
+def wandb_hint() -> str:
+    """Where this environment's `wandb` command is, when the shell's `wandb` is another one or none
+    (a venv that is not activated); "" when `wandb` already names it. For the terminal, not for files."""
+    ours = Path(sys.executable).parent / "wandb"
+    if not ours.is_file() or shutil.which("wandb") == str(ours):
+        return ""
+    return f" (`wandb` is {shlex.quote(str(ours))} in this environment)"
 
 
 # ---------------------------------------------------------------------------------------------
