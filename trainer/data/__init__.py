@@ -48,6 +48,9 @@ from trainer.data.volumes import (
 from trainer.errors import UserError
 from trainer.files import write_json
 
+# ITU-R BT.601 luma, the weights PIL's convert("L") uses, which built the grayscale training inputs:
+# trainer.predict turns a colour input into a 1-channel model's input with them (so does the model card's recipe).
+LUMA = (0.299, 0.587, 0.114)
 TIFF_SUFFIXES = {".tif", ".tiff"}  # read with tifffile, everything else with Pillow
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"} | TIFF_SUFFIXES
 SPLITS = ("train", "val", "test")
