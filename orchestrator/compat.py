@@ -104,7 +104,7 @@ def latest_failure_text(error_file_text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# W&B: reading offline runs
+# W&B: reading offline runs, and logging tables
 
 
 def wandb_records() -> Any:
@@ -112,3 +112,13 @@ def wandb_records() -> Any:
     from wandb.proto import wandb_internal_pb2
 
     return wandb_internal_pb2
+
+
+def log_table_as_run_file(run: Any, key: str, table: Any) -> None:
+    """Log a wandb.Table as the run's own media file (`files/media/table/`, a "table-file" in its
+    history), the form W&B shows in the run's workspace. A table logged unbound is also wrapped into a
+    "run_table" artifact whose one file wandb 0.31 copies into its staging folder under
+    ~/.local/share/wandb and records by absolute path: outside the experiment, never cleaned, and lost
+    to `wandb sync` once the folder moves. Binding it first (Media.bind_to_run, undocumented) skips that."""
+    table.bind_to_run(run, key, 0)
+    run.log({key: table})

@@ -30,7 +30,13 @@ from orchestrator.results import EXPORT_DIR, SUMMARY_FILE, export_best, render_s
 from orchestrator.spec import SPEC_FILE, SearchSpec, format_duration, save_spec
 from orchestrator.storage import ExperimentPlace
 from orchestrator.tracking.report import publish_wandb_report
-from orchestrator.tracking.runs import check_online_or_fallback, log_search_run, resolve_wandb_mode, sync_command
+from orchestrator.tracking.runs import (
+    check_online_or_fallback,
+    log_search_run,
+    resolve_wandb_mode,
+    sync_command,
+    wandb_hint,
+)
 from orchestrator.trials.endings import SearchStop, TrialEndings, signals_stop_the_search
 from orchestrator.trials.ray_output import RAY_LOG, route_ray_logs
 from orchestrator.trials.study import ARTIFACT_DIR, STUDY_FILE, dashboard_command
@@ -219,4 +225,4 @@ def print_summary(summary: dict[str, Any], out_dir: Path, report: Path, report_u
     )
     wandb = summary["wandb"]
     if wandb and wandb["mode"] == "offline":
-        console.print(f"W&B runs are offline; upload them with: {sync_command(out_dir)}", soft_wrap=True)
+        console.print(f"W&B runs are offline; upload them with: {sync_command(out_dir)}{wandb_hint()}", soft_wrap=True)

@@ -5,10 +5,8 @@ summary.json (the input of the report). The Optuna study is written while the se
 from __future__ import annotations
 
 import math
-import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +30,15 @@ from orchestrator.trials.references import KIND_LABELS, kind_of, reference_recor
 from trainer.checkpoint import BEST_GENERATOR, RunState
 from trainer.data import PairedData
 from trainer.errors import UserError
-from trainer.evaluation import NativeScores, evaluate_generator
+from trainer.evaluation import NativeScores
 from trainer.export import export_generator
+from trainer.export.from_run import evaluated_card
 from trainer.files import write_json
-from trainer.loop import baseline_metrics, evaluate, pick_device
+from trainer.loop import evaluate, pick_device
 from trainer.names import BASELINE_LABELS, METRICS
 
 SUMMARY_FILE = "summary.json"
 EXPORT_DIR = "best"  # the best trial's exported generator, in the experiment folder
-VERSIONED_PACKAGES = ("torch", "torchvision", "ray", "optuna", "wandb", "scikit-image", "onnx", "onnxruntime")
 
 
 def _number(value: Any) -> float | None:
@@ -122,16 +120,6 @@ def best_epoch_folder(results: Any, trial_id: str) -> Iterator[Path]:
         yield Path(folder)
 
 
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
 def load_trial_best(results: Any, trial_id: str) -> tuple[RunState, PairedData]:
     """The trial's best epoch and the data it was scored on."""
     with best_epoch_folder(results, trial_id) as folder:
@@ -174,42 +162,23 @@ def export_best(
     best = max(scored, key=lambda t: t["best_val_ssim"])
     kind = kind_of(best["params"], spec)
     state, data = load_trial_best(results, best["trial_id"])
-    cfg = state.train_config()
     device = pick_device("auto")
     G = state.generator().to(device)
-    test = evaluate_generator(G, data, cfg, "test", state.epoch)
-    metrics = test.card_metrics()  # test, identity_test, test_native, ...: the names the card and summary share
-    val_metrics = evaluate(G, data.splits["val"], cfg.val_batch_size, prefix="val")
-    baseline_val, baseline_name = baseline_metrics(data, "val", device, cfg.val_batch_size)
+    card, test, samples = evaluated_card(state, data, G, "pix2pix-tune generator")
+    metrics, val_metrics = test.card_metrics(), card["val"]
+    baseline_name = test.baseline_name
+    baseline_val = card[f"{baseline_name}_val"]
     references = score_references(results, reference_records(trials, spec), data, device)
     card = {
-        "name": "pix2pix-tune generator",
+        **card,
         "trial_id": best["trial_id"],
         "kind": kind,  # searched, paper or l1_only: which kind of trial won the export
         "kind_label": KIND_LABELS[kind],
-        "epoch": state.epoch,
         "hyperparameters": {k: best["params"][k] for k in spec.space if k in best["params"]},
-        "train_config": cfg.to_dict(),
-        "val": val_metrics,
-        f"{baseline_name}_val": baseline_val,
-        **metrics,
         "references": references,  # their best epochs' val and test metrics, beside "val" and "test"
-        "direction": cfg.direction,
-        "intensity": data.intensity_record(),
-        "test_images": test.pairs,
-        "data": {
-            "source": cfg.data,
-            "split_hash": data.split_hash,
-            "splits": {s: len(names) for s, names in data.split_names.items()},
-        },
-        "metrics_note": "SSIM (7x7 uniform window, K1 0.01, K2 0.03, sample covariance), PSNR and MAE on images "
-        "scaled to [-1, 1] (data_range 2); means over test images; G in eval mode. test_native: the same at each "
-        "target's own size, on the outputs as trainer.predict writes them (resized back, at the input's bit depth)",
         "experiment": Path(experiment_path).name,  # a name, not a path: the folder may move
-        "versions": library_versions(),
     }
-    inputs, _, targets = test.samples
-    card = export_generator(G.cpu(), best_dir, card, samples=(inputs, targets))
+    card = export_generator(G.cpu(), best_dir, card, samples=samples)
     return {
         "trial_id": best["trial_id"],
         "kind": kind,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.resources
 import math
 import re
 from dataclasses import dataclass, field
@@ -88,7 +89,12 @@ def epochs_flag(text: str) -> int | str:
 # The paper's settings (Isola et al. 2017), which TrainConfig's defaults hold: every search runs them
 # first (orchestrator.trials.references), so a space must include them.
 PAPER_PARAMETERS = ("lambda_l1", "dropout", "lr_G", "lr_D", "beta1")
-DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "search_spaces" / "default.yaml"
+# The search specs ship inside the package (package data), so an installed copy has them wherever it
+# runs; the repository's top-level search_spaces/ is a link to this folder. Read through
+# importlib.resources: a pip install puts them in a real folder, hence a Path.
+SHIPPED_SPECS = Path(str(importlib.resources.files("orchestrator") / "search_spaces"))
+SHIPPED_PREFIX = "search_spaces"  # how the README, the Makefile and cluster.yaml name them
+DEFAULT_SPEC = SHIPPED_SPECS / "default.yaml"
 
 
 @dataclass(frozen=True)
@@ -289,11 +295,22 @@ def save_spec(spec: SearchSpec, folder: Path) -> Path:
     return path
 
 
-def load_spec(path: Path) -> SearchSpec:
+def spec_file(path: Path) -> Path:
+    """`path`, or the shipped spec that `search_spaces/NAME.yaml` names when no such file is here (an
+    installed copy run outside the repository, as the README's commands write them)."""
     path = Path(path)
+    shipped = SHIPPED_SPECS / path.name
+    if not path.exists() and path.parent == Path(SHIPPED_PREFIX) and shipped.is_file():
+        return shipped
+    return path
+
+
+def load_spec(path: Path) -> SearchSpec:
     source = str(path)
+    path = spec_file(Path(path))
     if not path.is_file():
-        raise UserError(f"{source}: search space file not found; see search_spaces/ for examples")
+        shipped = ", ".join(sorted(f"{SHIPPED_PREFIX}/{p.name}" for p in SHIPPED_SPECS.glob("*.yaml")))
+        raise UserError(f"{source}: search space file not found; give a YAML file or a shipped spec ({shipped})")
     try:
         raw = yaml.load(path.read_text(), Loader=SpecLoader)
     except yaml.YAMLError as err:

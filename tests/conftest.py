@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import secrets
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,15 @@ os.environ.setdefault("PIX2PIX_CACHE", tempfile.mkdtemp(prefix="pix2pix-cache-")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
+# Ray turns token auth on for every new local cluster and, finding no token, writes one to
+# ~/.ray/auth_token. A token of the session's own, in a temp folder, keeps the tests out of the home
+# directory; every Ray the tests start (ray.init, the multi-node clusters, search subprocesses and
+# their workers) inherits the variable and so shares the token.
+if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+    _token_file = Path(tempfile.mkdtemp(prefix="pix2pix-ray-auth-")) / "auth_token"
+    _token_file.write_text(secrets.token_hex(32))  # what Ray's own generator writes
+    _token_file.chmod(0o600)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(_token_file)
 # OpenMP threads that spin while they wait make torch many times slower when other processes share
 # the cores (a tiny training run on a busy 2-core machine: 76 s spinning, 6 s passive). Read when
 # torch loads, so it must be set before any import of torch (nothing imported above loads it).

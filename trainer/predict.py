@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from trainer.cli import OneLineErrorParser
 from trainer.config import Device
-from trainer.data import IMAGE_SUFFIXES, png_bytes, read_image
+from trainer.data import IMAGE_SUFFIXES, LUMA, png_bytes, read_image
 from trainer.data.intensity import IntensityMap
 from trainer.data.limits import IMAGE_PIXELS, VOLUME_VOXELS
 from trainer.data.volumes import (
@@ -44,8 +44,6 @@ from trainer.files import check_output_folder, write_atomic_bytes
 from trainer.loop import pick_device
 from trainer.models import UNetGenerator
 
-# ITU-R BT.601 luma, the weights PIL's convert("L") uses, which built the grayscale training inputs.
-LUMA = (0.299, 0.587, 0.114)
 Translator = Callable[[torch.Tensor], torch.Tensor]  # (n, C, size, size) in [-1, 1] -> the same
 
 

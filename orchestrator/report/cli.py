@@ -9,7 +9,7 @@ from pathlib import Path
 from orchestrator.report.load import load_summary
 from orchestrator.report.page import write_report
 from orchestrator.tracking.report import publish_wandb_report
-from orchestrator.tracking.runs import MODES, sync_command
+from orchestrator.tracking.runs import MODES, sync_command, wandb_hint
 from trainer.errors import exits_cleanly_on_user_error
 
 
@@ -39,5 +39,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if report_url:
             print(f"W&B report: {report_url}")
     elif mode == "offline" and summary.get("wandb"):
-        print(f"W&B runs are offline; upload them with: {sync_command(Path(args.experiment_dir).resolve())}")
+        command = sync_command(Path(args.experiment_dir).resolve())
+        print(f"W&B runs are offline; upload them with: {command}{wandb_hint()}")
     return 0

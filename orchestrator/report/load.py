@@ -18,6 +18,7 @@ import optuna
 
 from orchestrator.outcomes import SEARCH_METRIC
 from orchestrator.results import EXPORT_DIR, SUMMARY_FILE
+from orchestrator.trials.references import L1_ONLY_SETTING
 from orchestrator.trials.study import STUDY_FILE, load_study
 from trainer import export
 from trainer.errors import UserError
@@ -101,8 +102,9 @@ def param_importances(experiment_dir: Path, study_name: str) -> dict[str, float]
         return "No searched parameters are recorded, so there is nothing to rank."
     if len(trials) < MIN_TRIALS_FOR_IMPORTANCE:
         return (
-            f"Parameter importance needs at least {MIN_TRIALS_FOR_IMPORTANCE} trials with a validation SSIM; "
-            f"this search has {len(trials)}."
+            f"Parameter importance needs at least {MIN_TRIALS_FOR_IMPORTANCE} trials in the Optuna study that "
+            f"ended with a validation SSIM (searched trials; the L1-only reference is not in the study, as it "
+            f"fixes gan_weight instead of searching); the study has {len(trials)}."
         )
     if len({t.value for t in trials}) == 1:
         return "Every trial reached the same best validation SSIM, so no parameter made a difference to rank."
@@ -144,9 +146,10 @@ def best_trial_id(summary: dict[str, Any]) -> str | None:
 
 
 def param_names(summary: dict[str, Any]) -> list[str]:
-    """Searched parameters: the space's order, then any a trial has that the space does not name."""
-    space = summary.get("space") or {}
-    names = list(space)
-    for trial in summary["trials"]:
-        names += [p for p in trial.get("params", {}) if p not in names]
-    return names
+    """Searched parameters: the space's, in its order. A trial's params can hold more: the L1-only
+    reference's fixed gan_weight (references.L1_ONLY_SETTING), a setting and not a searched parameter.
+    A summary without its space gives the names its trials hold, less that setting."""
+    if summary.get("space"):
+        return list(summary["space"])
+    names = (name for trial in summary["trials"] for name in trial.get("params", {}))
+    return list(dict.fromkeys(name for name in names if name not in L1_ONLY_SETTING))

@@ -181,9 +181,10 @@ def importance_section(importances: dict[str, float] | str) -> Section:
     if isinstance(importances, str):
         return Section(title, notes=[importances])
     explanation = (
-        "Optuna's default evaluator (PED-ANOVA) on the study in optuna.db, whose trials are valued by their best "
-        "validation SSIM: how differently each parameter is distributed among the top trials compared with all "
-        "trials. Few trials make this rough."
+        "Optuna's default evaluator (PED-ANOVA) on the study in optuna.db: its trials that ended with a validation "
+        "SSIM, valued by their best (the searched trials; the L1-only reference is not in the study). It measures "
+        "how differently each parameter is distributed among the top trials compared with all of them. Few trials "
+        "make this rough."
     )
     return Section(
         title,

@@ -5,11 +5,16 @@ scheduler stops at once, and a W&B run living in that worker would lose what it 
 (seen here: ASHA-stopped trials left empty offline runs). The driver sees every result, every
 checkpoint (with its sample panel) and every ending, whatever the node the trial ran on.
 
-The W&B work itself (opening a run: about a second; logging; reading the panel PNG; finishing and
+The W&B work itself (opening a run: about a second; logging; decoding the panel PNG; finishing and
 waiting for the log to reach disk) runs on one background thread. Tune calls its callbacks on its
 event loop, and every second spent there delays every trial's next decision: opening runs inside
 on_trial_result blocked it up to 2.1 s on each trial's first result. The callback methods only put
 events on the thread's queue; one thread in arrival order keeps each trial's events in order.
+
+The one thing read on Tune's loop is the panel file's bytes (tens of KB), when the checkpoint is
+reported: the thread can be several epochs behind, and by then Tune (it keeps two checkpoints) or the
+retention (at the trial's end) may have deleted the checkpoint, panel and all (seen: a 3-epoch
+trial's run held only its last panel).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from orchestrator.outcomes import EPOCH_KEYS, PROGRESS_KEYS, Ending, end_reason,
 from orchestrator.results import saved_best
 from orchestrator.tracking.runs import RunLogger, open_trial_logger
 from orchestrator.trials.endings import TrialEndings
-from orchestrator.trials.trainable import PANEL_FILE
+from orchestrator.trials.trainable import read_panel
 
 LOGGED_KEYS = EPOCH_KEYS + PROGRESS_KEYS
 PANEL_CAPTION = "input | output | target"
@@ -54,7 +59,7 @@ class LogMetrics:
 @dataclass(frozen=True)
 class LogPanel:
     trial_id: str
-    checkpoint: Any  # a tune.Checkpoint; its panel is read on the worker thread, off Tune's loop
+    png: bytes  # the panel file as saved; decoded on the worker thread, off Tune's loop
     step: int
 
 
@@ -74,7 +79,6 @@ class WandbWorker:
         self.mode, self.project, self.group, self.wandb_dir = mode, project, group, wandb_dir
         self.events: queue.Queue[Event] = queue.Queue()
         self.runs: dict[str, RunLogger] = {}
-        self.checkpoints_missed = 0
         # daemon: a driver that dies must not hang on its logger; on_experiment_end drains it first
         self.thread = threading.Thread(target=self.work, name="wandb-trial-logger", daemon=True)
         self.thread.start()
@@ -97,13 +101,8 @@ class WandbWorker:
         elif isinstance(event, LogMetrics):
             self.runs[event.trial_id].log_metrics(event.metrics, step=event.step)
         elif isinstance(event, LogPanel):
-            try:
-                panel = read_panel(event.checkpoint)
-            except FileNotFoundError:
-                self.checkpoints_missed += 1
-                return
-            if panel is not None:
-                self.runs[event.trial_id].log_image("val_samples", panel, step=event.step, caption=PANEL_CAPTION)
+            panel = np.asarray(Image.open(io.BytesIO(event.png)).convert("RGB"))
+            self.runs[event.trial_id].log_image("val_samples", panel, step=event.step, caption=PANEL_CAPTION)
         else:
             self.runs.pop(event.trial_id).finish(event.summary)
 
@@ -119,12 +118,6 @@ class WandbWorker:
             print(
                 f"W&B: {self.events.qsize()} events still to write, {len(self.runs)} runs open "
                 f"({time.monotonic() - started:.0f} s so far)",
-                flush=True,
-            )
-        if self.checkpoints_missed:
-            print(
-                f"warning: {self.checkpoints_missed} checkpoints were gone before W&B looked for their sample panel "
-                "(Tune or the retention had deleted them: the logger was more than one epoch behind)",
                 flush=True,
             )
 
@@ -166,9 +159,9 @@ class WandbTrialLogger(tune.Callback):
         self.send(trial, LogMetrics(trial.trial_id, metrics, step=int(result["epoch"])))
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        # Every checkpoint goes: the worker finds out whether this epoch saved a panel.
-        step = int(trial.last_result.get("epoch", 0))
-        self.send(trial, LogPanel(trial.trial_id, checkpoint, step))
+        png = read_panel(checkpoint)  # now, while the checkpoint surely exists (module docstring)
+        if png is not None:
+            self.send(trial, LogPanel(trial.trial_id, png, step=int(trial.last_result.get("epoch", 0))))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finish(trial)
@@ -203,15 +196,3 @@ class WandbTrialLogger(tune.Callback):
             summary["retries"] = len(self.endings.retries[trial.trial_id])
         self.send(trial, FinishRun(trial.trial_id, {k: v for k, v in summary.items() if v is not None}))
         self._open.discard(trial.trial_id)
-
-
-def read_panel(checkpoint: Any) -> np.ndarray | None:
-    """The sample panel saved in a reported checkpoint (local or remote storage), None when this
-    epoch saved none. FileNotFoundError when Tune has deleted the checkpoint since it was reported."""
-    fs, path = checkpoint.filesystem, f"{checkpoint.path}/{PANEL_FILE}"
-    if fs.get_file_info(checkpoint.path).type.name == "NotFound":
-        raise FileNotFoundError(checkpoint.path)
-    if fs.get_file_info(path).type.name != "File":
-        return None
-    with fs.open_input_stream(path) as stream:  # FileNotFoundError too if deleted since the check
-        return np.asarray(Image.open(io.BytesIO(stream.read())).convert("RGB"))

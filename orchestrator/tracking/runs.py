@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import sys
 import threading
 import urllib.error
@@ -28,6 +29,7 @@ from wandb.errors import AuthenticationError
 from wandb.sdk.lib import wbauth
 from wandb.sdk.wandb_run import Run
 
+from orchestrator.compat import log_table_as_run_file
 from orchestrator.outcomes import EndReason
 from orchestrator.tracking.offline import wait_until_complete
 from trainer.errors import UserError
@@ -48,6 +50,7 @@ ENV_MODES = {
 }
 STEP_METRIC = "epoch"
 TRIAL_SUMMARIES = {f"val_{m.name}": m.direction for m in METRICS}
+RUNS_FOLDER = "wandb"  # wandb.init(dir=D) writes its runs into D/wandb/
 MODEL_REGISTRY = "wandb-registry-model"  # online only: where the search run links the exported model
 
 
@@ -124,11 +127,22 @@ def server_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
     return bool(status) and status[0] < 500
 
 
-def sync_command(wandb_dir: Path | str) -> str:
-    """The command that uploads this experiment's offline runs (it skips runs already synced). A relative
-    `wandb_dir` stays relative (summary.json's command, run from the experiment folder, which may move)."""
-    runs_root = Path(wandb_dir) / "wandb"
-    return f"{shlex.quote(sys.executable)} -m wandb sync {shlex.quote(str(runs_root))}"
+def sync_command(experiment_dir: Path | str = ".") -> str:
+    """The command that uploads an experiment's offline runs (it skips runs already synced). It runs from
+    the experiment folder, wherever that has moved: the model artifact names its files relative to it
+    (model_artifact). "." gives the command alone (summary.json's); another folder, `cd FOLDER && ...`.
+    No interpreter path: one absolute path would tie the folder's text to this machine (wandb_hint)."""
+    command = f"wandb sync {RUNS_FOLDER}"
+    return command if str(experiment_dir) == "." else f"cd {shlex.quote(str(experiment_dir))} && {command}"
+
+
+def wandb_hint() -> str:
+    """Where this environment's `wandb` command is, when the shell's `wandb` is another one or none
+    (a venv that is not activated); "" when `wandb` already names it. For the terminal, not for files."""
+    ours = Path(sys.executable).parent / "wandb"
+    if not ours.is_file() or shutil.which("wandb") == str(ours):
+        return ""
+    return f" (`wandb` is {shlex.quote(str(ours))} in this environment)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +308,7 @@ def log_search_run(
         config=config,
     )
     try:
-        run.log({"trials": trials_table(trials)})
+        log_table_as_run_file(run, "trials", trials_table(trials))
         summary: dict[str, Any] = {"num_trials": len(trials)}
         scored = [t for t in trials if t.get("best_val_ssim") is not None]
         if scored:
@@ -302,16 +316,31 @@ def log_search_run(
             summary.update(best_trial=best["trial_id"], best_val_ssim=best["best_val_ssim"])
         run.summary.update(summary)
         if export_dir is not None and Path(export_dir).is_dir():
-            artifact = wandb.Artifact(artifact_name(group), type="model", metadata=card or {})
-            # Copied to wandb's staging folder (the default policy), not referenced in place: an offline
-            # run records absolute paths, and `wandb sync` must still find the files after the
-            # experiment folder has moved.
-            artifact.add_dir(str(export_dir))
+            # offline, wandb sync uploads the files later from the folder; online, wandb-core uploads them now
+            relative_to = Path(wandb_dir) if mode == "offline" else None
+            artifact = model_artifact(group, Path(export_dir), card, relative_to)
             run.log_artifact(artifact)
             if mode == "online":
                 link_to_registry(run, artifact, project)
     finally:
         finish_run(run)
+
+
+def model_artifact(
+    group: str, export_dir: Path, card: dict[str, Any] | None, relative_to: Path | None
+) -> wandb.Artifact:
+    """The exported generator as a "model" artifact whose files are the export's own. wandb's default
+    would copy them into its staging folder under ~/.local/share/wandb (about 117 MB a search, never
+    cleaned) and record that absolute path; an export is written once, atomically, so its files can be
+    referenced in place ("immutable"). Offline, their paths are written relative to the experiment
+    folder (`relative_to`), so they still name the files after the folder moves: `wandb sync wandb`
+    runs from the folder (sync_command), and wandb-core opens an entry's local path as given."""
+    artifact = wandb.Artifact(artifact_name(group), type="model", metadata=card or {})
+    artifact.add_dir(str(export_dir), policy="immutable")
+    if relative_to is not None:
+        for entry in artifact.manifest.entries.values():
+            entry.local_path = os.path.relpath(entry.local_path, relative_to)
+    return artifact
 
 
 def link_to_registry(run: Run, artifact: wandb.Artifact, collection: str) -> None:

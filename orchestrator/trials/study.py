@@ -40,7 +40,7 @@ from orchestrator.outcomes import METRIC, Ending, EndReason, end_reason, error_l
 from orchestrator.results import saved_best
 from orchestrator.trials.endings import TrialEndings
 from orchestrator.trials.references import is_l1_reference
-from orchestrator.trials.trainable import PANEL_FILE
+from orchestrator.trials.trainable import read_panel
 
 STUDY_FILE = "optuna.db"
 ARTIFACT_DIR = "optuna_artifacts"
@@ -108,7 +108,7 @@ class StudyWriter(tune.Callback):
             self._epochs.setdefault(trial.trial_id, {})[int(result["epoch"])] = float(result[METRIC])
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        panel = read_panel_bytes(checkpoint)
+        panel = read_panel(checkpoint)
         if panel is not None:
             self._panels[trial.trial_id] = panel
 
@@ -278,12 +278,3 @@ def copy_database(storage: optuna.storages.RDBStorage, path: Path) -> None:
             source.driver_connection.backup(target)
     finally:
         source.close()
-
-
-def read_panel_bytes(checkpoint: Any) -> bytes | None:
-    """The PNG sample panel saved in a reported checkpoint (local or remote storage), if it has one."""
-    path = f"{checkpoint.path}/{PANEL_FILE}"
-    if checkpoint.filesystem.get_file_info(path).type.name != "File":
-        return None
-    with checkpoint.filesystem.open_input_stream(path) as stream:
-        return stream.read()

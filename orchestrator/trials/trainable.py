@@ -126,3 +126,14 @@ def link_or_copy(src: Path, dst: Path) -> None:
         dst.hardlink_to(src)
     except OSError:
         shutil.copyfile(src, dst)
+
+
+def read_panel(checkpoint: tune.Checkpoint) -> bytes | None:
+    """The PNG sample panel saved in a reported checkpoint (local or remote storage), None when this
+    epoch saved none (image_every). Read when Tune reports the checkpoint: later, Tune (it keeps two)
+    or the retention may have deleted it."""
+    path = f"{checkpoint.path}/{PANEL_FILE}"
+    if checkpoint.filesystem.get_file_info(path).type.name != "File":
+        return None
+    with checkpoint.filesystem.open_input_stream(path) as stream:
+        return stream.read()

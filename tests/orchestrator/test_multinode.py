@@ -45,8 +45,9 @@ Row = dict[str, Any]
 
 def use_token_auth() -> None:
     """What `ray.init()` does before it starts a new local cluster: token auth unless RAY_AUTH_MODE says
-    otherwise, with a token in ~/.ray/auth_token. This process caches the mode (its GCS client must
-    match the cluster's), so this runs before the cluster starts; its nodes and the driver inherit it."""
+    otherwise, with a token (conftest's, in RAY_AUTH_TOKEN_PATH; ~/.ray/auth_token otherwise). This
+    process caches the mode (its GCS client must match the cluster's), so this runs before the cluster
+    starts; its nodes and the driver inherit it."""
     from ray._private.authentication.authentication_token_setup import (
         enable_token_auth_by_default,
         ensure_token_if_auth_enabled,

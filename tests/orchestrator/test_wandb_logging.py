@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import http.server
 import json
-import shlex
+import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -145,7 +146,8 @@ def test_search_run_has_the_trials_table_and_the_model_artifact(runs: dict[str, 
     assert model.name == f"{GROUP}-best-generator"
     assert model.metadata["trial_id"] == "trial_00000" and model.metadata["params"] == PARAMS
     assert sorted(model.files) == ["generator.pt", "model_card.json"]
-    assert "run_table" in by_type  # wandb stores the logged table as an artifact too
+    # the table is the run's own file, not also a "run_table" artifact staged outside the folder
+    assert "run_table" not in by_type
 
 
 def test_api_key_is_written_nowhere(wandb_env: Path, experiment: Path) -> None:
@@ -155,12 +157,15 @@ def test_api_key_is_written_nowhere(wandb_env: Path, experiment: Path) -> None:
     assert leaks == []
 
 
-def test_sync_command_finds_the_offline_runs(experiment: Path) -> None:
-    command = sync_command(experiment)
-    assert " -m wandb sync " in command
-    result = subprocess.run([*shlex.split(command), "--dry-run"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert "Would sync 3 run(s)" in result.stdout + result.stderr
+def test_sync_command_finds_the_offline_runs_from_the_folder_and_from_anywhere(experiment: Path) -> None:
+    assert sync_command() == "wandb sync wandb"  # summary.json's: no path of this machine in it
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for command, cwd in ((sync_command(), experiment), (sync_command(experiment), "/")):
+        result = subprocess.run(
+            ["bash", "-c", f"{command} --dry-run"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Would sync 3 run(s)" in result.stdout + result.stderr
 
 
 def test_retried_trial_continues_its_own_run(wandb_env: Path) -> None:

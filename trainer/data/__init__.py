@@ -22,6 +22,7 @@ import torch
 from trainer.config import TrainConfig
 from trainer.data.cache import cached
 from trainer.data.decode import (
+    LUMA,
     PNG_SIGNATURE,
     DecodedSplit,
     ReadOptions,
@@ -48,6 +49,7 @@ from trainer.errors import UserError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "LUMA",
     "PNG_SIGNATURE",
     "SPLITS",
     "SPLIT_FILE",

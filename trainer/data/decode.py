@@ -43,6 +43,9 @@ from trainer.data.volumes import (
 from trainer.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# ITU-R BT.601 luma, the weights PIL's convert("L") uses, which built the grayscale training inputs:
+# trainer.predict turns a colour input into a 1-channel model's input with them (so does the model card's recipe).
+LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)

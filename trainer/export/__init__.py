@@ -27,6 +27,7 @@ import errno
 import io
 import json
 import shutil
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_save
 
 from trainer.checkpoint import checked_generator, checkpoint_entries, load_torch, save_torch
 from trainer.config import GeneratorConfig
@@ -44,7 +45,6 @@ from trainer.files import (
     json_safe,
     nearest_existing,
     temp_dir_beside,
-    use_default_permissions,
     write_atomic_bytes,
     write_atomic_text,
     write_json,
@@ -95,8 +95,7 @@ def export_generator(
         config = model_config(gcfg, card)
         state = {k: v.contiguous() for k, v in G.state_dict().items()}
         save_torch(tmp / WEIGHTS, {"generator_config": dataclasses.asdict(gcfg), "state_dict": state})
-        save_file(state, str(tmp / SAFETENSORS), metadata=safetensors_metadata(config))
-        use_default_permissions(tmp / SAFETENSORS)  # safetensors writes a private (0600) temp file and renames it
+        write_atomic_bytes(tmp / SAFETENSORS, safetensors_bytes(state, safetensors_metadata(config)))
         example = torch.zeros(2, gcfg.in_channels, gcfg.size, gcfg.size)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, yet still widely deployed
@@ -176,6 +175,20 @@ def intensity_mapping(card: dict[str, Any]) -> dict[str, Any]:
 def safetensors_metadata(config: dict[str, Any]) -> dict[str, str]:
     """safetensors metadata is str -> str: the config's fields as JSON, so the file alone rebuilds G."""
     return {"format": "pt", **{k: json.dumps(v) for k, v in config.items() if k != "onnx"}}
+
+
+def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors file, with its header's metadata in sorted key order: safetensors keeps metadata
+    in a Rust HashMap, whose order differs from one map to the next, so the same model would give
+    other bytes on every export. The header is JSON padded with spaces to 8 bytes (the format's rule);
+    its tensor offsets count from the end of the header, so the data after it stays as written."""
+    raw = safetensors_save(state, metadata=metadata)
+    size = struct.unpack_from("<Q", raw)[0]
+    header = json.loads(raw[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + raw[8 + size :]
 
 
 def onnx_metadata(config: dict[str, Any]) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from trainer.data import LUMA
 from trainer.names import BASELINE_LABELS, METRICS
 
 TAGS = ("pix2pix", "image-to-image", "gan", "u-net", "onnx", "safetensors")
@@ -153,10 +154,31 @@ def hyperparameters_section(card: dict[str, Any]) -> list[str]:
     return [*out, "Every training setting is in `config.json` (`train_config`)."]
 
 
+# The card's onnxruntime recipe: numpy and Pillow only, doing what trainer.predict does to an 8-bit image
+# (trainer.predict.to_unit and to_image): channels matched in floating point, PyTorch's antialiased
+# bilinear resize (the triangle filter widens by the scale when shrinking; Pillow's own resize rounds
+# to 8 bits between its passes), [-1, 1] in, and the output resized back to the input's size.
+RECIPE_RESIZE = """def resize(a, height, width):
+    \"\"\"(H, W, C) -> (height, width, C): bilinear with antialiasing, as trainer.predict resizes.\"\"\"
+    for axis, n in ((0, height), (1, width)):
+        scale = a.shape[axis] / n
+        d = (np.arange(a.shape[axis]) + 0.5)[None, :] - (np.arange(n) + 0.5)[:, None] * scale
+        w = np.clip(1 - np.abs(d) / max(scale, 1.0), 0, None)  # wider when shrinking: the antialiasing
+        a = np.moveaxis(np.tensordot(w / w.sum(1, keepdims=True), a, axes=([1], [axis])), 0, axis)
+    return a.astype(np.float32)"""
+RECIPE_BOUND = 1  # levels of 255: onnxruntime and PyTorch round floats differently (about 1e-6)
+
+
 def usage_section(config: dict[str, Any]) -> list[str]:
     size, cin = config["size"], config["in_channels"]
-    mode = "L" if cin == 1 else "RGB"
     onnx = config["onnx"]
+    if cin == 1:
+        channels = (
+            f'if pixels.shape[2] == 3:  # colour -> luma, the weights Pillow\'s convert("L") uses\n'
+            f"    pixels = pixels @ np.float32({list(LUMA)})[:, None]"
+        )
+    else:
+        channels = "pixels = np.repeat(pixels, 3 // pixels.shape[2], axis=2)  # gray -> RGB"
     return [
         "## How to run it",
         "",
@@ -167,19 +189,27 @@ def usage_section(config: dict[str, Any]) -> list[str]:
         "```",
         "",
         f"With onnxruntime alone (opset {onnx['opset']}; input `{onnx['input']}`, output `{onnx['output']}`, "
-        "any batch size), for an 8-bit image:",
+        f"any batch size), for an 8-bit image of any size: the output is `trainer.predict`'s PNG to within "
+        f"{RECIPE_BOUND} level of 255 (onnxruntime and PyTorch round floats differently), at the input's size.",
         "",
         "```python",
         "import numpy as np",
         "import onnxruntime",
         "from PIL import Image",
         "",
+        *RECIPE_RESIZE.splitlines(),
+        "",
+        "",
         f'session = onnxruntime.InferenceSession("{onnx["file"]}", providers=["CPUExecutionProvider"])',
-        f'image = Image.open("input.png").convert("{mode}").resize(({size}, {size}), Image.BILINEAR)',
-        f"x = np.asarray(image, np.float32).reshape(1, {size}, {size}, {cin}).transpose(0, 3, 1, 2) / 255 * 2 - 1",
+        'pixels = np.asarray(Image.open("input.png"), np.float32) / 255',
+        "pixels = pixels.reshape(*pixels.shape[:2], -1)",
+        "pixels = pixels[:, :, :1] if pixels.shape[2] in (1, 2) else pixels[:, :, :3]  # alpha dropped",
+        *channels.splitlines(),
+        "height, width = pixels.shape[:2]",
+        f"x = (resize(pixels, {size}, {size}).clip(0, 1) * 2 - 1).transpose(2, 0, 1)[None]",
         f'y = session.run(["{onnx["output"]}"], {{"{onnx["input"]}": x}})[0][0].transpose(1, 2, 0)',
-        "pixels = ((y + 1) / 2 * 255).round().clip(0, 255).astype(np.uint8)",
-        'Image.fromarray(pixels.squeeze(2) if pixels.shape[2] == 1 else pixels).save("output.png")',
+        "pixels = ((resize(y, height, width).clip(-1, 1) + 1) / 2 * 255).round().astype(np.uint8)",
+        'Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save("output.png")',
         "```",
     ]
 
