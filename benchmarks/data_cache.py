@@ -117,7 +117,7 @@ def worker(job: dict) -> dict:
         time.sleep(2)  # the others measure while this one still maps the cache
         return {"pss_mb": pss, "data_pss_mb": pss - before}
     if job["kind"] == "throughput":
-        return throughput(cfg, job["steps"])
+        return throughput(cfg, job["steps"], tuple(job.get("modes", ("cached", "in_memory"))))
     raise ValueError(job["kind"])
 
 
@@ -125,7 +125,7 @@ def _bytes(data: object) -> int:
     return sum(x.nbytes for x in data.splits.values())
 
 
-def throughput(cfg: object, steps: int) -> dict:
+def throughput(cfg: object, steps: int, modes: tuple[str, ...]) -> dict:
     """Training steps and a validation pass on the mapped cache, then on the same arrays in memory."""
     import dataclasses
 
@@ -136,7 +136,7 @@ def throughput(cfg: object, steps: int) -> dict:
 
     data = load_run_data(cfg, None, save_split_file=False)
     results = {}
-    for mode in ("cached", "in_memory"):
+    for mode in modes:
         splits = data.splits
         if mode == "in_memory":
             splits = {s: dataclasses.replace(x, a=np.array(x.a), b=np.array(x.b)) for s, x in splits.items()}
@@ -162,12 +162,18 @@ def throughput(cfg: object, steps: int) -> dict:
     return results
 
 
-def run_worker(job: dict, env: dict[str, str]) -> subprocess.Popen:
+def run_worker(job: dict, env: dict[str, str], cgroup: Path | None = None) -> subprocess.Popen:
+    """A worker process; in `cgroup` (a memory-limited control group) from its first instruction on."""
+
+    def join_cgroup() -> None:
+        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
     return subprocess.Popen(
         [sys.executable, "-m", "benchmarks.data_cache", "--worker", json.dumps(job)],
         stdout=subprocess.PIPE,
         env=env,
         text=True,
+        preexec_fn=join_cgroup if cgroup is not None else None,
     )
 
 
@@ -176,6 +182,24 @@ def result_of(process: subprocess.Popen) -> dict:
     if process.returncode:
         raise SystemExit(f"a worker failed (exit {process.returncode})")
     return json.loads(out.strip().splitlines()[-1])
+
+
+def memory_cgroup(limit_bytes: int) -> Path | None:
+    """A new control group whose memory (page cache included) is capped at `limit_bytes`: cgroup v2's
+    memory.max, or v1's memory.limit_in_bytes; None where neither can be made here."""
+    for root, limit_file in (
+        (Path("/sys/fs/cgroup"), "memory.max"),
+        (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"),
+    ):
+        if (root / limit_file).exists() or (root / "cgroup.controllers").exists():
+            group = root / f"pix2pix-bench-{os.getpid()}"
+            try:
+                group.mkdir(exist_ok=True)
+                (group / limit_file).write_text(str(limit_bytes))
+                return group
+            except OSError:
+                continue
+    return None
 
 
 def measure(name: str, data: Path, config: dict, work: Path, in_memory: bool, steps: int) -> None:
@@ -212,15 +236,28 @@ def measure(name: str, data: Path, config: dict, work: Path, in_memory: bool, st
     )
     rates = result_of(run_worker({"kind": "throughput", "config": config, "steps": steps}, env))
     print(f"images/s ({steps} training steps, one validation pass): {json.dumps(rates)}")
-
-
-def cgroup_note() -> str:
-    controllers = Path("/sys/fs/cgroup/cgroup.controllers")
-    if not controllers.exists():
-        return "cgroup v2 is not mounted at /sys/fs/cgroup here: the memory.max run was not made"
-    if not os.access("/sys/fs/cgroup", os.W_OK):
-        return "/sys/fs/cgroup is not writable here: the memory.max run was not made"
-    return "cgroup v2 is writable, but this script does not make the memory.max run yet"
+    limit = int(build["bytes"] / 2)
+    cgroup = memory_cgroup(limit)
+    if cgroup is None:
+        print("no memory cgroup can be made here: the run capped at half the decoded size was not made")
+        return
+    try:
+        job = {"kind": "throughput", "config": config, "steps": steps, "modes": ["cached"]}
+        limited = run_worker(job, env, cgroup)
+        out, _ = limited.communicate()
+        if limited.returncode:
+            print(
+                f"capped at {limit / 1e6:.0f} MB (half the decoded size): the worker failed, exit {limited.returncode}"
+            )
+            return
+        capped = json.loads(out.strip().splitlines()[-1])["cached"]
+        share = capped["train_images_per_s"] / rates["in_memory"]["train_images_per_s"]
+        print(
+            f"capped at {limit / 1e6:.0f} MB of memory, page cache included (half the decoded size, {cgroup}): "
+            f"completed; {json.dumps(capped)}: training at {share:.2f}x the in-memory images/s"
+        )
+    finally:
+        cgroup.rmdir()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -249,7 +286,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {args.subjects} subjects in {time.perf_counter() - started:.0f} s")
             volumes = {**small, "intensity": "window", "window_low_b": -1000.0, "window_high_b": 2000.0}
             measure("volumes", work / "volumes", volumes, work / "wvol", args.in_memory, args.steps)
-        print(f"\n{cgroup_note()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
