@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what Slurm, Kubernetes and `ray job stop` send
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -19,6 +22,26 @@ class UserError(Exception):
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the run cannot continue from this state."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, as Python raises KeyboardInterrupt for SIGINT: without it
+    the process dies at once, before `finally` blocks remove temporary files or a CLI can say how to
+    resume. A BaseException like KeyboardInterrupt, so that `except Exception` cannot swallow it."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated (main thread only, as every signal handler)."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def exits_cleanly_on_user_error(main: F) -> F:

@@ -4,6 +4,7 @@ checks that an output place can take a file before any work starts."""
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -32,9 +33,13 @@ def use_default_permissions(path: Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     os.close(fd)
     use_default_permissions(Path(tmp))
     try:
@@ -43,6 +48,14 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(path: Path) -> None:
+    """Remove the temporary files of earlier atomic writes of `path` that never finished: a process
+    killed mid-write (SIGKILL, power loss) cannot remove its own. Call it where no other process
+    writes `path`, e.g. when a run resumes in its own folder."""
+    for stale in path.parent.glob(f"{glob.escape(_temp_prefix(path))}*"):
+        stale.unlink(missing_ok=True)
 
 
 def write_atomic_text(path: Path, text: str) -> None:

@@ -21,7 +21,15 @@ from trainer.checkpoint import BEST, LAST, RunState
 from trainer.cli import OneLineErrorParser, add_dataclass_flags
 from trainer.config import TrainConfig
 from trainer.data import PairedData, load_run_data
-from trainer.errors import EXIT_INTERRUPTED, TrainingDiverged, UserError, exits_cleanly_on_user_error
+from trainer.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Terminated,
+    TrainingDiverged,
+    UserError,
+    exits_cleanly_on_user_error,
+    sigterm_raises,
+)
 from trainer.loop import EpochResult, baseline_metrics, pick_device, train
 from trainer.names import BASELINE_LABELS, LOSS_NAMES, METRIC_NAMES
 
@@ -167,15 +175,19 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool, console: Console) -> None
 def main(argv: Sequence[str] | None = None) -> None:
     cfg, run_dir, resume = parse_args(argv)
     try:
-        run(cfg, run_dir, resume, Console())
+        with sigterm_raises():  # a scheduler's stop: saved and cleaned up like Ctrl-C
+            run(cfg, run_dir, resume, Console())
     except TrainingDiverged as err:
         print(
             f"error: {err}; lower lr_G/lr_D or use --precision fp32, and start again with a new --out", file=sys.stderr
         )
         raise SystemExit(EXIT_DIVERGED) from None
-    except KeyboardInterrupt:
-        print(f"interrupted; continue with the same flags plus --resume --out {run_dir}", file=sys.stderr)
-        raise SystemExit(EXIT_INTERRUPTED) from None
+    except (KeyboardInterrupt, Terminated) as err:
+        stopped, code = (
+            ("terminated", EXIT_TERMINATED) if isinstance(err, Terminated) else ("interrupted", EXIT_INTERRUPTED)
+        )
+        print(f"{stopped}; continue with the same flags plus --resume --out {run_dir}", file=sys.stderr)
+        raise SystemExit(code) from None
 
 
 if __name__ == "__main__":
