@@ -271,13 +271,16 @@ def config_from_dict(cls: type[C], values: Any, source: str, kind: str, key_pref
 
 
 def _coerce(name: str, value: Any, expected: type, source: str) -> Any:
-    """YAML and Tune hand over ints for floats and numpy scalars: accept those, reject real type errors."""
+    """YAML and Tune hand over ints for floats and numpy scalars: accept those, reject real type errors
+    and floats that are not finite (YAML's .inf and .nan, a flag's inf)."""
     if expected is bool:
         ok = isinstance(value, bool)
     elif expected is int:
         ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     elif expected is float:
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):  # inf passes every `>= 0` check, then turns losses into NaN
+            raise UserError(f"{source}: {name} must be a finite number (got {value})")
     else:
         ok = isinstance(value, expected)
     if not ok:
