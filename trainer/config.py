@@ -12,7 +12,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_type_hints
 
-from trainer.errors import UserError
+from trainer.errors import UserError, cut, shown
 
 C = TypeVar("C")
 
@@ -200,7 +200,7 @@ class TrainConfig:
             _check(
                 getattr(self, name) in allowed,
                 name,
-                f"must be one of {', '.join(allowed)} (got {getattr(self, name)!r})",
+                f"must be one of {', '.join(allowed)} (got {shown(getattr(self, name))})",
             )
 
     @property
@@ -255,7 +255,7 @@ def config_from_dict(cls: type[C], values: Any, source: str, kind: str, key_pref
     fields = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(map(str, set(values) - set(fields)))
     if unknown:
-        named = ", ".join(key_prefix + name for name in unknown)
+        named = cut(", ".join(key_prefix + name for name in unknown), 200)
         raise UserError(f"{source}: unknown {kind} {named}; allowed: {', '.join(fields)}")
     required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
     missing = [key_prefix + name for name in required if name not in values]
@@ -285,7 +285,7 @@ def _coerce(name: str, value: Any, expected: type, source: str) -> Any:
         ok = isinstance(value, expected)
     if not ok:
         kind = {bool: "true or false", int: "an integer", float: "a number"}.get(expected, "a string")
-        raise UserError(f"{source}: {name} must be {kind} (got {value!r})")
+        raise UserError(f"{source}: {name} must be {kind} (got {shown(value)})")
     return expected(value)
 
 

@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import reprlib
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what Slurm, Kubernetes and `ray job stop` send
 
 F = TypeVar("F", bound=Callable[..., object])
+SHOWN_CHARS = 80  # the most of one value an error message echoes
+
+# repr that stops early at every level: echoing a value of a million items must not cost its repr
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel = 3
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxdict = _SHORT_REPR.maxset = 8
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = SHOWN_CHARS
+
+
+def cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` or its start, marked as cut: an error message stays one readable line."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def shown(value: Any) -> str:
+    """repr(value) as an error message echoes it: short, whatever the size of the value."""
+    return cut(_SHORT_REPR.repr(value))
 
 
 class UserError(Exception):
