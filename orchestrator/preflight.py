@@ -4,6 +4,7 @@ start-up and a page of retried-trial tracebacks. Each check ends in one line nam
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,14 +13,17 @@ from orchestrator.spec import SearchSpec
 from trainer.config import TrainConfig
 from trainer.data import find_splits, resolve_root
 from trainer.errors import UserError
+from trainer.files import check_output_folder
 from trainer.memory import available_bytes, training_bytes
 
 GIB = 1024**3
 MEMORY_SIZED = ("size", "batch_size", "ngf", "ndf")  # the settings a trial's memory grows with
 
 
-def check_search(spec: SearchSpec, address: str | None) -> list[str]:
-    """Raise UserError for what cannot run; return warnings for what may not fit."""
+def check_search(spec: SearchSpec, address: str | None, out_dir: Path) -> list[str]:
+    """Raise UserError for what cannot run; return warnings for what may not fit. `out_dir` is the
+    experiment's local folder (under --storage-path, or the local copy of a remote one)."""
+    check_output_folder(out_dir, "--storage-path")
     cfg = spec.trial_config({})
     splits = find_splits(resolve_root(cfg.data), cfg.split_seed, None)  # readable, paired, enough for a split
     if address:

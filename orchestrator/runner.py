@@ -266,7 +266,7 @@ def run_search(spec: SearchSpec, name: str, storage_path: str, out_dir: Path, ru
     if not run.resume and experiment_exists(experiment_path):
         raise UserError(f"{experiment_path}: already exists; pass --resume to continue it or choose another --name")
     resolved = resolve_epochs(spec)  # epochs: auto as a number; the spec saved for --resume keeps `auto`
-    warnings = check_search(resolved, run.address)  # before anything is written or Ray starts
+    warnings = check_search(resolved, run.address, out_dir)  # before anything is written or Ray starts
     out_dir.mkdir(parents=True, exist_ok=True)
     if not run.resume:
         save_spec(spec, out_dir)

@@ -57,11 +57,11 @@ def test_gpus_per_trial_on_a_machine_without_gpu_is_refused(tmp_path: Path, caps
 
 
 @pytest.mark.fast
-def test_a_trial_too_big_for_this_machine_is_named_before_it_starts() -> None:
+def test_a_trial_too_big_for_this_machine_is_named_before_it_starts(tmp_path: Path) -> None:
     spec = load_spec(TINY).with_overrides({"size": 2048, "batch_size": 64}, {})
-    (warning,) = check_search(spec, None)
+    (warning,) = check_search(spec, None, tmp_path / "x")
     assert "GiB (2048 px, batch 64" in warning and "lower --max-concurrent, --batch-size or --size" in warning
-    assert check_search(load_spec(TINY), None) == []
+    assert check_search(load_spec(TINY), None, tmp_path / "x") == []
 
 
 @pytest.mark.fast

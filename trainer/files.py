@@ -97,8 +97,19 @@ def check_output_folder(folder: Path, flag: str, given: Path | None = None) -> N
     existing = nearest_existing(folder)
     if not existing.is_dir():
         raise UserError(f"{flag} {given or folder}: {existing} is not a folder (a file?); choose another {flag}")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK) or not can_create_file_in(existing):
         raise UserError(f"{flag} {given or folder}: {existing} is not writable (read-only); choose another {flag}")
+
+
+def can_create_file_in(folder: Path) -> bool:
+    """Whether a file can be created in `folder`, by creating one: os.access trusts the mode bits,
+    which root and network file systems (NFS root squash, FUSE) do not follow. Linux creates it
+    unnamed (O_TMPFILE), so nothing appears in the folder even for a moment."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-check-"):
+            return True
+    except OSError:
+        return False
 
 
 def check_output_file(path: Path, flag: str) -> None:

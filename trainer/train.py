@@ -30,6 +30,7 @@ from trainer.errors import (
     exits_cleanly_on_user_error,
     sigterm_raises,
 )
+from trainer.files import check_output_folder
 from trainer.loop import EpochResult, baseline_metrics, pick_device, train
 from trainer.names import BASELINE_LABELS, LOSS_NAMES, METRIC_NAMES
 
@@ -69,6 +70,7 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
+    check_output_folder(run_dir, "--out")
     if (run_dir / LAST).exists() and not resume:
         raise UserError(
             f"{run_dir / LAST}: a run already exists here; pass --resume to continue it or choose another --out"
