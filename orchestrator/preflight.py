@@ -12,6 +12,7 @@ import torch
 from orchestrator.spec import SearchSpec
 from trainer.config import TrainConfig
 from trainer.data import find_splits, resolve_root
+from trainer.data.headers import check_headers
 from trainer.errors import UserError
 from trainer.files import check_output_folder
 from trainer.memory import available_bytes, training_bytes
@@ -26,6 +27,7 @@ def check_search(spec: SearchSpec, address: str | None, out_dir: Path) -> list[s
     check_output_folder(out_dir, "--storage-path")
     cfg = spec.trial_config({})
     splits = find_splits(resolve_root(cfg.data), cfg.split_seed, None)  # readable, paired, enough for a split
+    check_headers(path for pairs in splits.values() for pair in pairs for path in (pair.a, pair.b, pair.mask))
     if address:
         return []  # the cluster's nodes and GPUs are known only once Ray has joined it (and may autoscale)
     check_local_resources(spec)

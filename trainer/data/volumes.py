@@ -66,7 +66,7 @@ def read_volume(path: Path) -> NiftiVolume:
     shape comes from the header and is checked (3D, the voxel limit) before any voxel is decoded."""
     try:
         image = nib.load(str(path))
-        shape = _checked_shape(path, image.shape)
+        shape = checked_shape(path, image.shape)
         data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
     except UserError:
         raise
@@ -78,7 +78,7 @@ def read_volume(path: Path) -> NiftiVolume:
     return NiftiVolume(Path(path), data, image)
 
 
-def _checked_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
+def checked_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The 3D shape a header declares (a trailing time axis of 1 dropped), or a UserError."""
     if len(shape) == 4 and shape[3] == 1:  # a 3D volume saved with a trailing time axis of 1
         shape = shape[:3]
