@@ -15,7 +15,7 @@ from trainer.data import find_splits, resolve_root
 from trainer.data.headers import check_headers
 from trainer.errors import UserError
 from trainer.files import check_output_folder
-from trainer.memory import available_bytes, training_bytes
+from trainer.memory import memory_room, training_bytes
 
 GIB = 1024**3
 MEMORY_SIZED = ("size", "batch_size", "ngf", "ndf")  # the settings a trial's memory grows with
@@ -64,11 +64,24 @@ def memory_warnings(spec: SearchSpec, cfg: TrainConfig, images: int) -> list[str
         return []  # the activations live on the GPU, whose memory torch reports only per device at run time
     per_trial = training_bytes(cfg, images=images)
     at_once = min(spec.search.max_concurrent, int((os.cpu_count() or 1) // spec.search.cpus_per_trial) or 1)
-    available = available_bytes()
-    if available is None or per_trial * at_once <= available:
-        return []
-    return [
+    room = memory_room()
+    need = (
         f"each trial may need about {per_trial / GIB:.1f} GiB ({cfg.size} px, batch {cfg.batch_size}, ngf {cfg.ngf}, "
-        f"ndf {cfg.ndf}, {images} image pairs in memory) and {at_once} run at once, but {available / GIB:.1f} GiB "
-        "is available: lower --max-concurrent, --batch-size or --size, or max_train_images"
-    ]
+        f"ndf {cfg.ndf}, {images} image pairs in memory)"
+    )
+    lower = "--batch-size or --size, or max_train_images"
+    warnings = []
+    if room.shared is not None and per_trial * at_once > room.shared:
+        warnings.append(
+            f"{need} and {at_once} run at once, but {room.shared / GIB:.1f} GiB is available: "
+            f"lower --max-concurrent, {lower}"
+        )
+    # Each trial is a process of its own, and a process under `ulimit -v` (RLIMIT_AS) fails to
+    # allocate beyond it however much the machine has; this driver's own mappings stand in for a
+    # trial's (both import torch and Ray).
+    if room.per_process is not None and per_trial > room.per_process:
+        warnings.append(
+            f"{need}, but the address-space limit (ulimit -v) leaves a process about "
+            f"{room.per_process / GIB:.1f} GiB: raise the limit, or lower {lower}"
+        )
+    return warnings

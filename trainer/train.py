@@ -32,9 +32,10 @@ from trainer.errors import (
 )
 from trainer.files import check_output_folder
 from trainer.loop import EpochResult, baseline_metrics, pick_device, train
+from trainer.memory import OutOfMemory, allocation_failures_named
 from trainer.names import BASELINE_LABELS, LOSS_NAMES, METRIC_NAMES
 
-EXIT_DIVERGED = 1
+EXIT_FAILED = 1  # the run could not go on: diverged, or out of memory
 METRIC_LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "mae": "MAE"}
 HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "mae": False}
 
@@ -177,13 +178,16 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool, console: Console) -> None
 def main(argv: Sequence[str] | None = None) -> None:
     cfg, run_dir, resume = parse_args(argv)
     try:
-        with sigterm_raises():  # a scheduler's stop: saved and cleaned up like Ctrl-C
+        with sigterm_raises(), allocation_failures_named(cfg):  # SIGTERM like Ctrl-C; an allocation failure: one line
             run(cfg, run_dir, resume, Console())
+    except OutOfMemory as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
     except TrainingDiverged as err:
         print(
             f"error: {err}; lower lr_G/lr_D or use --precision fp32, and start again with a new --out", file=sys.stderr
         )
-        raise SystemExit(EXIT_DIVERGED) from None
+        raise SystemExit(EXIT_FAILED) from None
     except (KeyboardInterrupt, Terminated) as err:
         stopped, code = (
             ("terminated", EXIT_TERMINATED) if isinstance(err, Terminated) else ("interrupted", EXIT_INTERRUPTED)
