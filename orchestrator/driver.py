@@ -43,6 +43,7 @@ from orchestrator.trials.study import ARTIFACT_DIR, STUDY_FILE, dashboard_comman
 from orchestrator.trials.trainable import TrialSettings, scratch_dir
 from orchestrator.tuner import build_tuner, make_trainable, resolve_epochs, restore_tuner, search_callbacks
 from trainer.errors import UserError, storage_advice
+from trainer.files import check_output_folder
 
 console = Console()
 # Tune's warning about the cost of a thing that costs little next to a training epoch. Its warning
@@ -83,6 +84,7 @@ def held_by_this_driver(place: ExperimentPlace, new: bool) -> Iterator[None]:
     started at once with one --name: the second is refused), and every run holds its lock while it
     runs. A new search that stops with a UserError before it wrote anything leaves no folder."""
     out_dir = place.out_dir
+    check_output_folder(out_dir, "--storage-path")  # before Ray starts, and before the first write
     if new:
         taken = f"{place.path}: already exists; pass --resume to continue it or choose another --name"
         if place.exists():

@@ -11,17 +11,20 @@ import torch
 from orchestrator.spec import SearchSpec
 from trainer.config import TrainConfig
 from trainer.data import find_splits, resolve_root
+from trainer.data.headers import check_headers
 from trainer.errors import UserError
-from trainer.memory import available_bytes, decoded_bytes, training_bytes
+from trainer.memory import decoded_bytes, memory_room, training_bytes
 
 GIB = 1024**3
 MEMORY_SIZED = ("size", "batch_size", "ngf", "ndf")  # the settings a trial's memory grows with
 
 
 def check_search(spec: SearchSpec, address: str | None) -> list[str]:
-    """Raise UserError for what cannot run; return warnings for what may not fit."""
+    """Raise UserError for what cannot run; return warnings for what may not fit. (The experiment
+    folder is checked where the driver claims it: orchestrator.driver.held_by_this_driver.)"""
     cfg = spec.trial_config({})
     splits = find_splits(resolve_root(cfg.data), cfg.split_seed, None)  # readable, paired, enough for a split
+    check_headers(path for pairs in splits.values() for pair in pairs for path in (pair.a, pair.b, pair.mask))
     if address:
         return []  # the cluster's nodes and GPUs are known only once Ray has joined it (and may autoscale)
     check_local_resources(spec)
@@ -62,12 +65,25 @@ def memory_warnings(spec: SearchSpec, cfg: TrainConfig, images: int, value_bytes
     per_trial = training_bytes(cfg)
     shared = decoded_bytes(cfg, images, value_bytes)  # once per node, whatever the number of trials
     at_once = min(spec.search.max_concurrent, int((os.cpu_count() or 1) // spec.search.cpus_per_trial) or 1)
-    available = available_bytes()
-    if available is None or per_trial * at_once + shared <= available:
-        return []
-    return [
+    room = memory_room()
+    need = (
         f"each trial may need about {per_trial / GIB:.1f} GiB ({cfg.size} px, batch {cfg.batch_size}, ngf {cfg.ngf}, "
-        f"ndf {cfg.ndf}) and {at_once} run at once, beside {shared / GIB:.1f} GiB of decoded data they share "
-        f"({images} image pairs), but {available / GIB:.1f} GiB is available: lower --max-concurrent, --batch-size "
-        "or --size, or max_train_images"
-    ]
+        f"ndf {cfg.ndf}), beside {shared / GIB:.1f} GiB of decoded data the trials of a node share "
+        f"({images} image pairs)"
+    )
+    lower = "--batch-size or --size, or max_train_images"
+    warnings = []
+    if room.shared is not None and per_trial * at_once + shared > room.shared:
+        warnings.append(
+            f"{need}, and {at_once} run at once, but {room.shared / GIB:.1f} GiB is available: "
+            f"lower --max-concurrent, {lower}"
+        )
+    # Each trial is a process of its own, and a process under `ulimit -v` (RLIMIT_AS) fails to
+    # allocate beyond it however much the machine has; this driver's own mappings stand in for a
+    # trial's (both import torch and Ray).
+    if room.per_process is not None and per_trial > room.per_process:
+        warnings.append(
+            f"{need}, but the address-space limit (ulimit -v) leaves a process about "
+            f"{room.per_process / GIB:.1f} GiB: raise the limit, or lower {lower}"
+        )
+    return warnings

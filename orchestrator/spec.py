@@ -22,7 +22,7 @@ import optuna
 import yaml
 
 from trainer.config import TrainConfig, config_from_dict, opt, trainer_parameter_names
-from trainer.errors import UserError
+from trainer.errors import UserError, cut, shown
 from trainer.files import write_atomic_text
 
 SECTIONS = ("train", "search", "space")
@@ -32,7 +32,45 @@ SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 class SpecLoader(yaml.SafeLoader):
-    pass
+    """YAML as a spec needs it, with aliases limited: each alias stands for a copy of its anchor's
+    values, so nine nested aliases of nine ("billion laughs", 345 bytes) make a document of 10^9
+    values that every later step (checks, error messages) would walk. A spec is a few dozen values;
+    the document may hold MAX_VALUES once its aliases are expanded, and is refused beyond that."""
+
+    MAX_VALUES = 10_000
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._values = 0  # values the document holds so far, each alias counted as its expansion
+        self._sizes: dict[int, int] = {}  # id(node) -> values under it (the nodes live while composing)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = self.anchors.get(event.anchor)
+            if node is not None:  # an undefined alias is the composer's own error
+                self._count(self._size(node), event.start_mark)
+            return super().compose_node(parent, index)
+        node = super().compose_node(parent, index)
+        self._count(1, node.start_mark)
+        return node
+
+    def _size(self, node: yaml.Node) -> int:
+        if id(node) not in self._sizes:
+            children = node.value if isinstance(node, yaml.SequenceNode) else ()
+            if isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            self._sizes[id(node)] = 1 + sum(self._size(child) for child in children)
+        return self._sizes[id(node)]
+
+    def _count(self, values: int, mark: Any) -> None:
+        self._values += values
+        if self._values > self.MAX_VALUES:
+            raise yaml.composer.ComposerError(
+                problem=f"aliases (*name) expand the file to more than {self.MAX_VALUES:,} values; "
+                "write the values out instead",
+                problem_mark=mark,
+            )
 
 
 SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", SCIENTIFIC, list("-+0123456789."))
@@ -46,7 +84,7 @@ def parse_duration(value: Any, where: str) -> float:
         return float(value)
     match = DURATION.match(str(value)) if isinstance(value, str) else None
     if match is None:
-        raise UserError(f"{where} must be a duration such as 600, 90s, 10m or 2h (got {value!r})")
+        raise UserError(f"{where} must be a duration such as 600, 90s, 10m or 2h (got {shown(value)})")
     return float(match.group(1)) * SECONDS_PER_UNIT[match.group(2)]
 
 
@@ -83,7 +121,7 @@ def epochs_flag(text: str) -> int | str:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of epochs nor {AUTO_EPOCHS}") from None
+        raise argparse.ArgumentTypeError(f"{shown(text)} is neither a number of epochs nor {AUTO_EPOCHS}") from None
 
 
 # The paper's settings (Isola et al. 2017), which TrainConfig's defaults hold: every search runs them
@@ -270,7 +308,7 @@ class SearchSpec:
         """The fixed settings alone must form a valid config; epochs a number or auto."""
         epochs = self.train.get("epochs")
         if isinstance(epochs, str) and epochs != AUTO_EPOCHS:
-            raise UserError(f"{self.source}: train.epochs must be an integer or {AUTO_EPOCHS} (got {epochs!r})")
+            raise UserError(f"{self.source}: train.epochs must be an integer or {AUTO_EPOCHS} (got {shown(epochs)})")
         TrainConfig.from_dict(self.fixed_settings(), source=self.source)
 
     def with_overrides(self, train: dict[str, Any], search: dict[str, Any]) -> SearchSpec:
@@ -319,9 +357,9 @@ def load_spec(path: Path) -> SearchSpec:
         raise UserError(f"{source}: not valid YAML{where} ({getattr(err, 'problem', err)})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{source}: must be a mapping with the sections {', '.join(SECTIONS)}")
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(map(str, set(raw) - set(SECTIONS)))
     if unknown:
-        raise UserError(f"{source}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(SECTIONS)}")
+        raise UserError(f"{source}: unknown section(s) {cut(', '.join(unknown))}; allowed: {', '.join(SECTIONS)}")
     train = _mapping(source, "train", raw.get("train"))
     search = _mapping(source, "search", raw.get("search"))
     space = {name: _param(source, name, value) for name, value in _mapping(source, "space", raw.get("space")).items()}
@@ -363,22 +401,22 @@ def _settings(source: str, values: dict[str, Any]) -> SearchSettings:
 
 
 def _param(source: str, name: str, value: Any) -> Param:
-    where = f"{source}: space.{name}"
+    where = f"{source}: space.{cut(str(name))}"
     if name not in trainer_parameter_names():
-        raise UserError(f"{where}: {name} is not a trainer parameter; allowed: {', '.join(trainer_parameter_names())}")
+        raise UserError(
+            f"{where}: {cut(str(name))} is not a trainer parameter; allowed: {', '.join(trainer_parameter_names())}"
+        )
     if name in UNSEARCHABLE:
         raise UserError(f"{where}: {UNSEARCHABLE[name]}")
     if not isinstance(value, dict):
         raise UserError(f"{where} must be a mapping such as {{type: float, low: 0.0, high: 0.6}}")
     kind = value.get("type")
     if kind not in SPACE_TYPES:
-        raise UserError(f"{where}.type must be one of {', '.join(SPACE_TYPES)} (got {kind!r})")
+        raise UserError(f"{where}.type must be one of {', '.join(SPACE_TYPES)} (got {shown(kind)})")
     allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log"}
-    unknown = sorted(set(value) - allowed)
+    unknown = cut(", ".join(sorted(map(str, set(value) - allowed))))
     if unknown:
-        raise UserError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; a {kind} parameter takes {', '.join(sorted(allowed))}"
-        )
+        raise UserError(f"{where}: unknown key(s) {unknown}; a {kind} parameter takes {', '.join(sorted(allowed))}")
     if kind == "categorical":
         choices = value.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -388,13 +426,13 @@ def _param(source: str, name: str, value: Any) -> Param:
     for bound in ("low", "high"):
         number = value.get(bound)
         if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
-            raise UserError(f"{where}.{bound} must be a number (got {number!r})")
+            raise UserError(f"{where}.{bound} must be a number (got {shown(number)})")
         if kind == "int" and not float(number).is_integer():
-            raise UserError(f"{where}.{bound} must be an integer for an int parameter (got {number!r})")
+            raise UserError(f"{where}.{bound} must be an integer for an int parameter (got {shown(number)})")
         bounds[bound] = number
     log = value.get("log", False)
     if not isinstance(log, bool):
-        raise UserError(f"{where}.log must be true or false (got {log!r})")
+        raise UserError(f"{where}.log must be true or false (got {shown(log)})")
     if bounds["low"] >= bounds["high"]:
         raise UserError(f"{where}: low must be < high (got low={bounds['low']}, high={bounds['high']})")
     if log and bounds["low"] <= 0:

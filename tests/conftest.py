@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import secrets
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -126,6 +127,23 @@ def tiny_config(glyphs_root: Path) -> Callable[..., TrainConfig]:
         return TrainConfig(**{**values, **overrides})
 
     return make
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder no file can be created in, by this user (root included)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    # root writes through file modes; the immutable attribute stops root as well
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i: no folder is read-only to root")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 
 from trainer.config import GeneratorConfig, TrainConfig
 from trainer.data import PairedData, load_run_data
-from trainer.errors import UserError
+from trainer.errors import UserError, cut
 from trainer.files import write_atomic_bytes
 from trainer.memory import available_bytes, generator_bytes
 from trainer.models import UNetGenerator
@@ -27,6 +27,8 @@ BEST = "best.pt"  # the best epoch's full state
 BEST_GENERATOR = "best_generator.pt"  # the best epoch without D and optimizer state: what export and evaluation need
 # What a checkpoint holds besides the summary fields: the networks and everything to continue training.
 FULL_STATE = ("G", "G_ema", "D", "opt_G", "opt_D", "sched_G", "sched_D", "scaler", "rng")
+# How the paragraphs of torch's refusal of a pickle start that say nothing about the file itself
+TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 NetState = dict[str, Any]  # a state_dict, or an optimizer's, scheduler's or scaler's
 
 
@@ -163,6 +165,14 @@ def load_torch(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated file, foreign pickle, not a checkpoint at all
-        raise UserError(
-            f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); use a file this trainer wrote"
-        ) from None
+        why = f"{type(err).__name__}: {load_failure(err)}"
+        raise UserError(f"{path}: not a readable checkpoint ({why}); use a file this trainer wrote") from None
+
+
+def load_failure(err: Exception) -> str:
+    """Why torch.load refused a file, in one short line. For a pickle that names code (a crafted file)
+    torch writes paragraphs of advice, ending in loading the file unchecked, around the one that
+    says what it refused (`Trying to load unsupported GLOBAL posix.system ...`): keep that one."""
+    paragraphs = [" ".join(p.split()) for p in str(err).split("\n\n")]
+    useful = [p for p in paragraphs if p and not p.startswith(TORCH_ADVICE)]
+    return cut(useful[0] if useful else paragraphs[0].split(". ")[0] or type(err).__name__, 160)

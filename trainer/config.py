@@ -12,7 +12,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_type_hints
 
-from trainer.errors import UserError
+from trainer.errors import UserError, cut, shown
 
 C = TypeVar("C")
 
@@ -203,7 +203,7 @@ class TrainConfig:
             _check(
                 getattr(self, name) in allowed,
                 name,
-                f"must be one of {', '.join(allowed)} (got {getattr(self, name)!r})",
+                f"must be one of {', '.join(allowed)} (got {shown(getattr(self, name))})",
             )
 
     @property
@@ -258,7 +258,7 @@ def config_from_dict(cls: type[C], values: Any, source: str, kind: str, key_pref
     fields = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(map(str, set(values) - set(fields)))
     if unknown:
-        named = ", ".join(key_prefix + name for name in unknown)
+        named = cut(", ".join(key_prefix + name for name in unknown), 200)
         raise UserError(f"{source}: unknown {kind} {named}; allowed: {', '.join(fields)}")
     required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
     missing = [key_prefix + name for name in required if name not in values]
@@ -274,18 +274,21 @@ def config_from_dict(cls: type[C], values: Any, source: str, kind: str, key_pref
 
 
 def _coerce(name: str, value: Any, expected: type, source: str) -> Any:
-    """YAML and Tune hand over ints for floats and numpy scalars: accept those, reject real type errors."""
+    """YAML and Tune hand over ints for floats and numpy scalars: accept those, reject real type errors
+    and floats that are not finite (YAML's .inf and .nan, a flag's inf)."""
     if expected is bool:
         ok = isinstance(value, bool)
     elif expected is int:
         ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     elif expected is float:
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):  # inf passes every `>= 0` check, then turns losses into NaN
+            raise UserError(f"{source}: {name} must be a finite number (got {value})")
     else:
         ok = isinstance(value, expected)
     if not ok:
         kind = {bool: "true or false", int: "an integer", float: "a number"}.get(expected, "a string")
-        raise UserError(f"{source}: {name} must be {kind} (got {value!r})")
+        raise UserError(f"{source}: {name} must be {kind} (got {shown(value)})")
     return expected(value)
 
 

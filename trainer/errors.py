@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
+import reprlib
+import signal
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
 EXIT_TERMINATED = 143  # ... and by SIGTERM (128 + SIGTERM), what clusters and schedulers send
 
 F = TypeVar("F", bound=Callable[..., object])
+SHOWN_CHARS = 80  # the most of one value an error message echoes
+
+# repr that stops early at every level: echoing a value of a million items must not cost its repr
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel = 3
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxdict = _SHORT_REPR.maxset = 8
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = SHOWN_CHARS
+
+
+def cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` or its start, marked as cut: an error message stays one readable line."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def shown(value: Any) -> str:
+    """repr(value) as an error message echoes it: short, whatever the size of the value."""
+    return cut(_SHORT_REPR.repr(value))
+
 
 # Storage that cannot take a write: errno -> what the user must do before resuming. A search stops at
 # the first trial that meets one (the others would fail alike); a trial's failure reaches the driver
@@ -39,6 +60,26 @@ class UserError(Exception):
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the run cannot continue from this state."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, as Python raises KeyboardInterrupt for SIGINT: without it
+    the process dies at once, before `finally` blocks remove temporary files or a CLI can say how to
+    resume. A BaseException like KeyboardInterrupt, so that `except Exception` cannot swallow it."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated (main thread only, as every signal handler)."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def exits_cleanly_on_user_error(main: F) -> F:

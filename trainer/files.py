@@ -4,6 +4,7 @@ checks that an output place can take a file before any work starts."""
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -32,17 +33,34 @@ def use_default_permissions(path: Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     os.close(fd)
     use_default_permissions(Path(tmp))
     try:
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:  # a write() that failed names no file: name the one it was for
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(path: Path) -> None:
+    """Remove the temporary files of earlier atomic writes of `path` that never finished: a process
+    killed mid-write (SIGKILL, power loss) cannot remove its own. Call it where no other process
+    writes `path`, e.g. when a run resumes in its own folder."""
+    for stale in path.parent.glob(f"{glob.escape(_temp_prefix(path))}*"):
+        stale.unlink(missing_ok=True)
 
 
 def write_atomic_text(path: Path, text: str) -> None:
@@ -84,8 +102,19 @@ def check_output_folder(folder: Path, flag: str, given: Path | None = None) -> N
     existing = nearest_existing(folder)
     if not existing.is_dir():
         raise UserError(f"{flag} {given or folder}: {existing} is not a folder (a file?); choose another {flag}")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK) or not can_create_file_in(existing):
         raise UserError(f"{flag} {given or folder}: {existing} is not writable (read-only); choose another {flag}")
+
+
+def can_create_file_in(folder: Path) -> bool:
+    """Whether a file can be created in `folder`, by creating one: os.access trusts the mode bits,
+    which root and network file systems (NFS root squash, FUSE) do not follow. Linux creates it
+    unnamed (O_TMPFILE), so nothing appears in the folder even for a moment."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-check-"):
+            return True
+    except OSError:
+        return False
 
 
 def check_output_file(path: Path, flag: str) -> None:

@@ -26,7 +26,7 @@ from trainer.config import GeneratorConfig, TrainConfig
 from trainer.data import PairedData, PairedImages, augment, load_run_data
 from trainer.ema import GeneratorEma
 from trainer.errors import TrainingDiverged, UserError
-from trainer.files import copy_atomic
+from trainer.files import copy_atomic, remove_stale_temp_files
 from trainer.metrics import per_image_metrics
 from trainer.models import PatchDiscriminator, UNetGenerator, init_weights
 from trainer.names import IDENTITY, LOSS_NAMES, MEAN_IMAGE, METRIC_NAMES
@@ -374,6 +374,8 @@ def train(
     evaluate from its best epoch) `best.pt`."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for name in (LAST, BEST, BEST_GENERATOR):  # left by a run killed mid-write: this run writes them anew
+        remove_stale_temp_files(run_dir / name)
     device = pick_device(cfg.device)
     amp_dtype = autocast_dtype(cfg.precision, device)
     if device.type == "cuda":

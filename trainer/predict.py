@@ -258,6 +258,8 @@ def translate_folder(
             f"{model}: its model card's direction or intensity cannot be read ({type(err).__name__}: {err}); "
             "export the model anew"
         ) from None
+    except UserError as err:  # an intensity mapping no training writes (an infinite or empty window)
+        raise UserError(f"{model}: its model card's {err}; export the model anew") from None
     if volumes and prep.input_map is None:
         raise UserError(f"{model}: its model card has no intensity mapping; volumes need a model trained on volumes")
     paths, skipped = readable_inputs(paths, volumes, keep_going)

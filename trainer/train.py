@@ -20,12 +20,24 @@ from trainer.checkpoint import BEST, LAST, RunState
 from trainer.cli import OneLineErrorParser, add_dataclass_flags
 from trainer.config import TrainConfig
 from trainer.data import PairedData, load_run_data
-from trainer.errors import EXIT_INTERRUPTED, TrainingDiverged, UserError, exits_cleanly_on_user_error
+from trainer.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    Terminated,
+    TrainingDiverged,
+    UserError,
+    exits_cleanly_on_user_error,
+    sigterm_raises,
+    storage_advice,
+)
+from trainer.files import check_output_folder
 from trainer.loop import EpochResult, baseline_metrics, pick_device, train
+from trainer.memory import OutOfMemory, allocation_failures_named
 from trainer.names import BASELINE_LABELS, LOSS_NAMES
 from trainer.tables import comparison_table
 
-EXIT_DIVERGED = 1
+EXIT_FAILED = 1  # the run could not go on: diverged, or out of memory
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,6 +71,7 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
+    check_output_folder(run_dir, "--out")
     if (run_dir / LAST).exists() and not resume:
         raise UserError(
             f"{run_dir / LAST}: a run already exists here; pass --resume to continue it or choose another --out"
@@ -141,15 +154,32 @@ def run(cfg: TrainConfig, run_dir: Path, resume: bool, console: Console) -> None
 def main(argv: Sequence[str] | None = None) -> None:
     cfg, run_dir, resume = parse_args(argv)
     try:
-        run(cfg, run_dir, resume, Console())
+        with sigterm_raises(), allocation_failures_named(cfg):  # SIGTERM like Ctrl-C; an allocation failure: one line
+            run(cfg, run_dir, resume, Console())
+    except OutOfMemory as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
     except TrainingDiverged as err:
         print(
             f"error: {err}; lower lr_G/lr_D or use --precision fp32, and start again with a new --out", file=sys.stderr
         )
-        raise SystemExit(EXIT_DIVERGED) from None
-    except KeyboardInterrupt:
-        print(f"interrupted; continue with the same flags plus --resume --out {run_dir}", file=sys.stderr)
-        raise SystemExit(EXIT_INTERRUPTED) from None
+        raise SystemExit(EXIT_FAILED) from None
+    except OSError as err:  # a full disk, a spent quota, a file-size limit: what the user must mend
+        advice = storage_advice(err)
+        if advice is None:
+            raise
+        print(
+            f"error: writing {err.filename or 'a file'}: {err.strerror}; {advice} and continue with the same flags "
+            f"plus --resume --out {run_dir}",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_USAGE) from None
+    except (KeyboardInterrupt, Terminated) as err:
+        stopped, code = (
+            ("terminated", EXIT_TERMINATED) if isinstance(err, Terminated) else ("interrupted", EXIT_INTERRUPTED)
+        )
+        print(f"{stopped}; continue with the same flags plus --resume --out {run_dir}", file=sys.stderr)
+        raise SystemExit(code) from None
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 
 from orchestrator.outcomes import SEARCH_METRIC
 from orchestrator.results import EXPORT_DIR, SUMMARY_FILE
@@ -95,9 +96,11 @@ def param_importances(experiment_dir: Path, study_name: str) -> dict[str, float]
         return f"No Optuna study ({STUDY_FILE}) in the experiment folder, so there is nothing to rank."
     try:
         study = load_study(experiment_dir, study_name)
+        trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     except KeyError:  # the file holds no study of that name
         return f"{STUDY_FILE} holds no study named {study_name!r}, so there is nothing to rank."
-    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    except sqlalchemy.exc.SQLAlchemyError as err:  # damaged: the study is derived, the rest of the report is not
+        return f"{STUDY_FILE} cannot be read ({getattr(err, 'orig', None) or err}), so there is nothing to rank."
     if not any(t.params for t in trials):
         return "No searched parameters are recorded, so there is nothing to rank."
     if len(trials) < MIN_TRIALS_FOR_IMPORTANCE:

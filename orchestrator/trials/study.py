@@ -271,10 +271,23 @@ def upload_panel(store: optuna.artifacts.FileSystemArtifactStore, panel: bytes) 
 
 def copy_database(storage: optuna.storages.RDBStorage, path: Path) -> None:
     """Copy the in-memory database into `path` with SQLite's backup API: one write transaction, and
-    the file (and so a reader's open connection) stays the same."""
+    the file (and so a reader's open connection) stays the same. A file that is no database (damaged,
+    overwritten) is replaced, with a warning: the study is derived, every write rebuilds it whole
+    from Tune's trials, so nothing of the search is lost with it."""
     source = storage.engine.raw_connection()
     try:
-        with contextlib.closing(sqlite3.connect(path, timeout=30)) as target:
-            source.driver_connection.backup(target)
+        try:
+            backup(source.driver_connection, path)
+        except sqlite3.DatabaseError as err:
+            if err.sqlite_errorcode not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                raise  # e.g. locked: the file is fine, the next write tries again
+            print(f"warning: {path} was damaged ({err}); rebuilt from the search's trials", flush=True)
+            path.unlink()
+            backup(source.driver_connection, path)
     finally:
         source.close()
+
+
+def backup(source: sqlite3.Connection, path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as target:
+        source.backup(target)

@@ -23,6 +23,7 @@ from trainer.data import SPLIT_FILE, load_run_data, png_bytes
 from trainer.errors import TrainingDiverged
 from trainer.files import write_atomic_text
 from trainer.loop import train, translate
+from trainer.memory import allocation_failures_named
 from trainer.visualize import sample_grid
 
 # A Tune checkpoint: the full state to continue from, the best epoch's generator to export, the split.
@@ -61,7 +62,8 @@ def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     try:
-        train_and_report(cfg, run_dir, settings)
+        with allocation_failures_named(cfg):  # the trial's error: one line saying what to lower
+            train_and_report(cfg, run_dir, settings)
     except TrainingDiverged as err:
         write_atomic_text(diverged, str(err))
         raise

@@ -11,7 +11,7 @@ import stat
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -586,22 +586,6 @@ def test_predict_refuses_a_generator_bigger_than_the_memory_here(
     assert_one_line_error(
         capsys.readouterr().err, "model.safetensors: its generator_config (ngf 512, 2048 px)", expected
     )
-
-
-@pytest.fixture
-def read_only_folder(tmp_path: Path) -> Iterator[Path]:
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    # root writes through file modes; the immutable attribute stops root as well
-    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("running as root on a file system without chattr +i: no folder is read-only to root")
-    yield folder
-    subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
 def test_predict_refuses_an_output_it_cannot_write(

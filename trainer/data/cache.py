@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.builtin import cache_dir
-from trainer.errors import UserError
+from trainer.errors import STORAGE_ERRNOS, UserError
 from trainer.files import temp_dir_beside, write_json
 
 FORMAT = 1  # bump when what an entry holds changes, so entries of older code are not read
@@ -43,8 +43,9 @@ MAX_GB_ENV = "PIX2PIX_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 100.0
 SWITCH_ENV = "PIX2PIX_DATA_CACHE"  # "off": no cache, every process decodes into its own memory
 HASH_CHUNK = 16 * 1024**2
-# What a cache folder that cannot take an entry raises: read-only, full, over quota, or not a folder.
-STORAGE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
+# What a cache folder that cannot take an entry raises: read-only or not a folder, or full, over quota
+# or past the file-size limit (trainer.errors.STORAGE_ERRNOS).
+UNUSABLE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST} | set(STORAGE_ERRNOS)
 
 
 _WARNED: set[Path] = set()  # cache folders this process has warned about
@@ -105,7 +106,7 @@ def cached(kind: str, key: dict[str, Any], build: Callable[[Path], dict[str, Any
         evict(root, keep=folder)
         return found
     except OSError as err:
-        if err.errno not in STORAGE_ERRNOS:
+        if err.errno not in UNUSABLE_ERRNOS:
             raise
         if root not in _WARNED:  # one line per process, not one per split
             _WARNED.add(root)

@@ -11,6 +11,7 @@ the output side, so translations come back in the data's own units.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +33,8 @@ class IntensityMap:
     high: float  # the value mapped to +1
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):  # would map every value to 0 or NaN
+            raise UserError(f"intensity {self.mode}: low {self.low} and high {self.high} must be finite numbers")
         if not self.high > self.low:
             raise UserError(
                 f"intensity {self.mode}: high {self.high} must be above low {self.low}; "

@@ -8,6 +8,7 @@ model-index); each value is written as JSON, which YAML reads unchanged.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from trainer.data import LUMA
@@ -54,16 +55,17 @@ def body(card: dict[str, Any], config: dict[str, Any]) -> list[str]:
     size, cin, cout = config["size"], config["in_channels"], config["out_channels"]
     data = card.get("data") or {}
     source = data.get("source") or train.get("data", "an unrecorded data set")
+    source_code = code(str(source))  # a path the user chose: shown as text, whatever it holds
     out = [
-        f"# {card.get('name', 'generator')}",
+        f"# {markdown_text(str(card.get('name', 'generator')))}",
         "",
         f"A {config['architecture']} that translates {channels(cin)} images into {channels(cout)} images "
-        f"at {size}x{size} pixels, trained on `{source}`. Inputs and outputs are (N, C, {size}, {size}) float32 "
+        f"at {size}x{size} pixels, trained on {source_code}. Inputs and outputs are (N, C, {size}, {size}) float32 "
         f"arrays in [{config['value_range'][0]:g}, {config['value_range'][1]:g}].",
         "",
         "## Data",
         "",
-        f"- source: `{source}`",
+        f"- source: {source_code}",
     ]
     if data.get("splits"):
         out.append("- split: " + ", ".join(f"{n} {name}" for name, n in data["splits"].items()) + " pairs")
@@ -250,3 +252,21 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.4f}"
     return str(value)
+
+
+MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&])")
+
+
+def markdown_text(text: str) -> str:
+    """`text` (a name, a path: anything a user chose) as plain text in Markdown: every character
+    Markdown or HTML would act on backslash-escaped, and one line."""
+    return MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(text.splitlines()))
+
+
+def code(text: str) -> str:
+    """`text` as a Markdown code span, whatever backticks it holds: the fence is one backtick longer
+    than its longest run of them (CommonMark), with spaces where the text starts or ends with one."""
+    text = " ".join(text.splitlines())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
