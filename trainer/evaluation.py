@@ -25,7 +25,7 @@ from trainer.loop import baseline_metrics, evaluate, mean_image, pick_device, tr
 from trainer.metrics import per_image_metrics, volume_metrics
 from trainer.models import UNetGenerator
 from trainer.names import IDENTITY, MEAN_IMAGE, METRIC_NAMES
-from trainer.predict import to_image, to_unit, translate_ras
+from trainer.translation import to_image, to_unit, translate_ras
 
 GRID_SAMPLES = 8
 

@@ -32,6 +32,7 @@ from trainer.data import png_bytes
 from trainer.export import export_generator, load_generator
 from trainer.memory import available_bytes, generator_bytes
 from trainer.models import UNetGenerator, init_weights
+from trainer.translation import match_channels
 
 MakeFolder = Callable[..., PairedFolder]
 TINY_FLAGS = ["--size", "32", "--epochs", "2", "--ngf", "8", "--ndf", "8", "--batch_size", "8"]
@@ -412,10 +413,10 @@ def test_predict_translates_a_folder(export_dir: Path, tmp_path: Path) -> None:
 
 def test_predict_converts_channels_both_ways() -> None:
     gray = torch.rand(1, 1, 4, 4)
-    assert torch.equal(predict_cli.match_channels(gray, 3), gray.expand(-1, 3, -1, -1))
+    assert torch.equal(match_channels(gray, 3), gray.expand(-1, 3, -1, -1))
     rgb = torch.rand(1, 3, 4, 4)
     expected = 0.299 * rgb[:, :1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:]
-    torch.testing.assert_close(predict_cli.match_channels(rgb, 1), expected)
+    torch.testing.assert_close(match_channels(rgb, 1), expected)
 
 
 def test_png_writer_round_trips(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from trainer.errors import UserError
 from trainer.export import CARD, export_generator
 from trainer.loop import train
 from trainer.metrics import volume_metrics
-from trainer.predict import translate_ras
+from trainer.translation import translate_ras
 
 SHAPE = (20, 16, 12)
 AFFINE = np.array([[2.0, 0, 0, -20], [0, 2.0, 0, -16], [0, 0, 3.0, -18], [0, 0, 0, 1]])
