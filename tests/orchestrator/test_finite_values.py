@@ -10,6 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from cli_checks import one_line_exit_2
 from search_cli import TINY
 
 from orchestrator import search
@@ -17,18 +18,9 @@ from orchestrator.spec import load_spec
 from trainer import predict as predict_cli
 from trainer import train as train_cli
 from trainer.config import GeneratorConfig
-from trainer.errors import EXIT_USAGE, UserError
+from trainer.errors import UserError
 from trainer.export import CARD, export_generator
 from trainer.models import UNetGenerator, init_weights
-
-
-def one_line_exit_2(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == EXIT_USAGE
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    return err
 
 
 def spec_with(tmp_path: Path, section: str, key: str, value: str) -> Path:

@@ -6,21 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_checks import one_line_exit_2
 from search_cli import TINY
 
 from orchestrator import search
 from trainer import train as train_cli
-from trainer.errors import EXIT_USAGE, UserError
+from trainer.errors import UserError
 from trainer.files import check_output_folder
-
-
-def one_line_exit_2(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == EXIT_USAGE
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    return err
 
 
 @pytest.mark.fast
