@@ -192,8 +192,8 @@ def run_trials(
     started_ray = False
     trials: list[dict[str, Any]] = []
     try:
-        with signals_stop_the_search(stop):
-            started_ray = start_ray(run.address)
+        started_ray = start_ray(run.address)
+        with signals_stop_the_search(stop):  # after Ray started: Ray installs SIGTERM handlers of its own
             settings = TrialSettings(
                 fixed=spec.train, stop_patience=spec.search.stop_patience, image_every=spec.search.image_every
             )
