@@ -32,7 +32,7 @@ def test_ray_writes_no_auth_token_into_home(tmp_path: Path) -> None:
         **os.environ,
         "HOME": str(home),
         "RAY_TMPDIR": ray_tmp,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), str(Path(__file__).parent)]),
     }
     try:
         done = subprocess.run(
