@@ -80,8 +80,8 @@ def memory_warnings(spec: SearchSpec, cfg: TrainConfig, images: int, value_bytes
         )
     # Each trial is a process of its own, and a process under `ulimit -v` (RLIMIT_AS) fails to
     # allocate beyond it however much the machine has; this driver's own mappings stand in for a
-    # trial's (both import torch and Ray).
-    if room.per_process is not None and per_trial > room.per_process:
+    # trial's (both import torch and Ray). The shared data counts here in full: each trial maps it.
+    if room.per_process is not None and per_trial + shared > room.per_process:
         warnings.append(
             f"{need}, but the address-space limit (ulimit -v) leaves a process about "
             f"{room.per_process / GIB:.1f} GiB: raise the limit, or lower {lower}"

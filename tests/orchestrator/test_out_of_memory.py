@@ -24,7 +24,7 @@ def test_the_search_preflight_warns_when_ulimit_v_leaves_a_trial_too_little() ->
         "from pathlib import Path\n"
         "from orchestrator.preflight import check_search\n"
         "from orchestrator.spec import load_spec\n"
-        f"spec = load_spec(Path({str(TINY)!r})).with_overrides({{'size': 256, 'batch_size': 16}}, {{}})\n"
+        f"spec = load_spec(Path({str(TINY)!r})).with_overrides({{'size': 512, 'batch_size': 64}}, {{}})\n"
         "print('\\n'.join(check_search(spec, None)))\n"
     )
     done = subprocess.run(
