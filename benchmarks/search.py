@@ -42,7 +42,7 @@ from orchestrator.results import summarize_trials
 from orchestrator.spec import DEFAULT_SPEC, SearchSettings, SearchSpec, load_spec
 from orchestrator.trials.endings import SearchStop, TrialEndings
 from orchestrator.trials.progress import LiveTrialTable
-from orchestrator.trials.trainable import TrialSettings
+from orchestrator.trials.trainable import PlateauRule, TrialSettings
 from orchestrator.tuner import make_scheduler, make_searcher, make_trainable, resolve_epochs
 from trainer.builtin import BUILTIN_PREFIX
 from trainer.cli import OneLineErrorParser, add_dataclass_flags, given_flags
@@ -203,7 +203,7 @@ def run_method(method: Method, spec: SearchSpec, storage: Path, name: str) -> Ou
     epochs = spec.trial_config({}).epochs
     settings = TrialSettings(
         fixed=spec.train,
-        stop_patience=spec.search.stop_patience if method.early_stopping else 0,
+        plateau=PlateauRule(spec.search.stop_patience if method.early_stopping else 0, spec.search.plateau_window),
         image_every=epochs,
     )
     endings = TrialEndings(0.0, storage / name, SearchStop())

@@ -40,7 +40,7 @@ from orchestrator.tracking.runs import (
 from orchestrator.trials.endings import SearchStop, TrialEndings, signals_stop_the_search
 from orchestrator.trials.ray_output import RAY_LOG, route_ray_logs
 from orchestrator.trials.study import ARTIFACT_DIR, STUDY_FILE, dashboard_command
-from orchestrator.trials.trainable import TrialSettings, scratch_dir
+from orchestrator.trials.trainable import PlateauRule, TrialSettings, scratch_dir
 from orchestrator.tuner import build_tuner, make_trainable, resolve_epochs, restore_tuner, search_callbacks
 from trainer.errors import UserError, storage_advice
 from trainer.files import check_output_folder
@@ -195,7 +195,9 @@ def run_trials(
         started_ray = start_ray(run.address)
         with signals_stop_the_search(stop):  # after Ray started: Ray installs SIGTERM handlers of its own
             settings = TrialSettings(
-                fixed=spec.train, stop_patience=spec.search.stop_patience, image_every=spec.search.image_every
+                fixed=spec.train,
+                plateau=PlateauRule(spec.search.stop_patience, spec.search.plateau_window),
+                image_every=spec.search.image_every,
             )
             trainable = make_trainable(spec, settings)
             if run.resume:

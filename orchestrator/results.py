@@ -26,7 +26,7 @@ from orchestrator.outcomes import (
 )
 from orchestrator.spec import SearchSpec, format_duration
 from orchestrator.trials.endings import EndingsRecord
-from orchestrator.trials.references import KIND_LABELS, kind_of, reference_records
+from orchestrator.trials.references import kind_label, kind_of, reference_records
 from trainer.checkpoint import BEST_GENERATOR, RunState
 from trainer.data import PairedData
 from trainer.errors import UserError
@@ -173,7 +173,7 @@ def export_best(
         **card,
         "trial_id": best["trial_id"],
         "kind": kind,  # searched, paper or l1_only: which kind of trial won the export
-        "kind_label": KIND_LABELS[kind],
+        "kind_label": kind_label(best["params"], spec),
         "hyperparameters": {k: best["params"][k] for k in spec.space if k in best["params"]},
         "references": references,  # their best epochs' val and test metrics, beside "val" and "test"
         "experiment": Path(experiment_path).name,  # a name, not a path: the folder may move
@@ -182,7 +182,7 @@ def export_best(
     return {
         "trial_id": best["trial_id"],
         "kind": kind,
-        "kind_label": KIND_LABELS[kind],
+        "kind_label": kind_label(best["params"], spec),
         "params": best["params"],
         "epoch": state.epoch,
         "val": val_metrics,

@@ -126,7 +126,9 @@ def epochs_flag(text: str) -> int | str:
 
 # The paper's settings (Isola et al. 2017), which TrainConfig's defaults hold: every search runs them
 # first (orchestrator.trials.references), so a space must include them.
-PAPER_PARAMETERS = ("lambda_l1", "dropout", "lr_G", "lr_D", "beta1")
+# gan_weight too: a space that searches it (0 included reaches the L1-dominant region) must hold the
+# paper's 1, or the "paper" trial would be some other weighting.
+PAPER_PARAMETERS = ("lambda_l1", "dropout", "lr_G", "lr_D", "beta1", "gan_weight")
 # The search specs ship inside the package (package data), so an installed copy has them wherever it
 # runs; the repository's top-level search_spaces/ is a link to this folder. Read through
 # importlib.resources: a pip install puts them in a real folder, hence a Path.
@@ -144,8 +146,24 @@ class SearchSettings:
     cpus_per_trial: float = opt(1.0, "CPUs reserved per trial (also its torch threads)")
     gpus_per_trial: float = opt(0.0, "GPUs per trial; fractions pack trials onto one GPU (0.5 = two per GPU)")
     grace_period: int = opt(2, "ASHA: epochs every trial gets before it can be stopped")
+    grace_fraction: float = opt(
+        0.0,
+        "ASHA: when > 0, the grace period is this fraction of a trial's epochs (at least 1 epoch), in place of "
+        "grace_period: a 39-epoch trial is not judged after the 2 epochs that suit an 8-epoch one",
+    )
     reduction_factor: int = opt(2, "ASHA: keep the top 1/reduction_factor of trials at each rung")
+    rank_references: bool = opt(
+        True,
+        "ASHA ranks the reference trials with the searched ones; false: the references run all their epochs "
+        "(the plateau stop and the budget still end them) and their results set no rung's cut-off, so an "
+        "L1-only reference that learns faster than any adversarial trial does not stop them all",
+    )
     stop_patience: int = opt(3, "stop a trial after this many epochs without a val SSIM gain (0 = never)")
+    plateau_window: int = opt(
+        1,
+        "plateau stop: judge the median val SSIM of a trial's last N epochs, not each epoch's own (1), so that "
+        "one lucky epoch of a noisy GAN curve does not start the patience count",
+    )
     image_every: int = opt(2, "epochs between sample-image panels in W&B and the study")
     max_failures: int = opt(2, "retries of a crashed trial, each from its last checkpoint")
     startup_trials: int = opt(3, "TPE: random trials before the model-based sampling starts")
@@ -174,16 +192,24 @@ class SearchSettings:
         "reference, never exported; turn off where the search varies or fixes gan_weight itself",
     )
 
+    def grace_epochs(self, epochs: int) -> int:
+        """ASHA's grace period for trials of `epochs` epochs."""
+        if self.grace_fraction > 0:
+            return max(1, round(self.grace_fraction * epochs))
+        return min(self.grace_period, epochs)
+
     def __post_init__(self) -> None:
         for name in (
             "num_samples", "max_concurrent", "grace_period", "reduction_factor", "image_every", "keep_generators",
-            "min_train_images",
+            "min_train_images", "plateau_window",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise UserError(f"search.{name} must be >= 1 (got {getattr(self, name)})")
         for name in ("stop_patience", "max_failures", "startup_trials", "time_budget"):
             if getattr(self, name) < 0:
                 raise UserError(f"search.{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0 <= self.grace_fraction <= 1:
+            raise UserError(f"search.grace_fraction must be between 0 and 1 (got {self.grace_fraction})")
         if self.reduction_factor < 2:
             raise UserError(f"search.reduction_factor must be >= 2 (got {self.reduction_factor})")
         if self.cpus_per_trial <= 0:

@@ -23,6 +23,7 @@ from orchestrator.trials.progress import LiveTrialTable
 from orchestrator.trials.ray_output import result_loggers
 from orchestrator.trials.references import ReferenceSearcher
 from orchestrator.trials.retention import CheckpointRetention
+from orchestrator.trials.rungs import ReferencesApart
 from orchestrator.trials.study import StudyWriter
 from orchestrator.trials.trainable import TrialSettings, run_trial
 from trainer.config import TrainConfig
@@ -62,14 +63,15 @@ def make_searcher(spec: SearchSpec, searcher: Callable[..., OptunaSearch] = Optu
 
 def make_scheduler(spec: SearchSpec, epochs: int, metric: str = METRIC) -> ASHAScheduler:
     """`metric`: what ASHA ranks trials on at each rung (benchmarks.search compares others)."""
-    return ASHAScheduler(
-        time_attr="epoch",
-        metric=metric,
-        mode=MODE,
-        max_t=epochs,
-        grace_period=min(spec.search.grace_period, epochs),
-        reduction_factor=spec.search.reduction_factor,
-    )
+    asha = {
+        "time_attr": "epoch",
+        "metric": metric,
+        "mode": MODE,
+        "max_t": epochs,
+        "grace_period": spec.search.grace_epochs(epochs),
+        "reduction_factor": spec.search.reduction_factor,
+    }
+    return ASHAScheduler(**asha) if spec.search.rank_references else ReferencesApart(spec, **asha)
 
 
 def make_trainable(spec: SearchSpec, settings: TrialSettings) -> Any:

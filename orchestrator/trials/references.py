@@ -47,6 +47,15 @@ def kind_of(params: dict[str, Any], spec: SearchSpec) -> str:
     return reference_of(params, spec) or SEARCHED
 
 
+def kind_label(params: dict[str, Any], spec: SearchSpec) -> str:
+    """What the card, summary and report call the kind of a trial: a searched trial with gan_weight 0
+    (a space that searches gan_weight) trained without the discriminator, and says so."""
+    kind = kind_of(params, spec)
+    if kind == SEARCHED and params.get("gan_weight") == 0:
+        return f"{KIND_LABELS[SEARCHED]}, without the discriminator (gan_weight 0)"
+    return KIND_LABELS[kind]
+
+
 def reference_records(trials: list[dict[str, Any]], spec: SearchSpec) -> dict[str, dict[str, Any]]:
     """PAPER and L1_ONLY -> what the summary and the model card show of that trial (those that ran):
     its id, end, params and the val metrics of its best epoch (orchestrator.results adds "test")."""

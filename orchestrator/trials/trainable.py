@@ -8,6 +8,7 @@ ends a trial itself when its val SSIM has stopped improving (the plateau stop).
 from __future__ import annotations
 
 import shutil
+import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import ray
 import torch
 from ray import tune
 
-from trainer.checkpoint import BEST_GENERATOR, LAST
+from trainer.checkpoint import BEST_GENERATOR, LAST, RunState
 from trainer.config import TrainConfig
 from trainer.data import SPLIT_FILE, load_run_data, png_bytes
 from trainer.errors import TrainingDiverged
@@ -35,11 +36,33 @@ SCRATCH_PREFIX = "pix2pix-trial-"
 
 
 @dataclass(frozen=True)
+class PlateauRule:
+    """The plateau stop: a trial ends once `patience` epochs have passed since the best point of its
+    val SSIM curve, the curve smoothed by the median of the last `window` epochs (1: the raw curve, the
+    trainer's own best epoch). A GAN's val SSIM jumps from epoch to epoch; the median keeps one lucky
+    epoch from starting the count while the trend still climbs."""
+
+    patience: int  # 0: never
+    window: int = 1
+
+    def smoothed(self, curve: list[float]) -> list[float]:
+        return [statistics.median(curve[max(0, i + 1 - self.window) : i + 1]) for i in range(len(curve))]
+
+    def stops(self, curve: list[float]) -> bool:
+        """`curve`: val SSIM of every epoch so far, from the first."""
+        if self.patience == 0 or not curve:
+            return False
+        smooth = self.smoothed(curve)
+        best = smooth.index(max(smooth))  # the first best, as the trainer's best_epoch
+        return len(curve) - 1 - best >= self.patience
+
+
+@dataclass(frozen=True)
 class TrialSettings:
     """What every trial of one search shares besides its hyperparameters."""
 
     fixed: dict[str, Any]
-    stop_patience: int
+    plateau: PlateauRule
     image_every: int
 
 
@@ -78,6 +101,9 @@ def scratch_dir(trial_id: str) -> Path:
 def train_and_report(cfg: TrainConfig, run_dir: Path, settings: TrialSettings) -> None:
     """Train from Tune's checkpoint (if any), reporting each epoch; returns early on a plateau."""
     resume = restore_from_tune_checkpoint(run_dir)
+    # The val curve so far: the plateau rule reads all of it, and a retried or resumed trial's epochs
+    # before this attempt are in its checkpoint's history.
+    curve = [row["val_ssim"] for row in RunState.load(run_dir / LAST).history] if resume else []
     node_id = ray.get_runtime_context().get_node_id()
     gpu_ids = ",".join(str(i) for i in ray.get_gpu_ids())  # the GPUs Ray gave this trial on its node; "" on CPU
     data = load_run_data(cfg, run_dir)
@@ -86,7 +112,8 @@ def train_and_report(cfg: TrainConfig, run_dir: Path, settings: TrialSettings) -
     # best.pt (a full state) would only be thrown away: a trial ships its best generator alone
     for result in train(cfg, run_dir, resume=resume, data=data, best_full_state=False):
         metrics = result.metrics()
-        plateaued = settings.stop_patience > 0 and result.epoch - result.best_epoch >= settings.stop_patience
+        curve.append(result.val["val_ssim"])
+        plateaued = settings.plateau.stops(curve)
         metrics["plateau_stop"] = int(plateaued)
         metrics["node_id"] = node_id
         metrics["gpu_ids"] = gpu_ids

@@ -1,0 +1,140 @@
+"""Early stopping that is fair to adversarial trials (issue 22), each an option that defaults off:
+reference trials kept out of ASHA's rungs, a plateau rule on a smoothed val curve, a grace period
+from the epochs a trial gets; and a space that searches gan_weight, 0 included."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from ray import tune
+from search_cli import TINY
+
+from orchestrator import search
+from orchestrator.spec import load_spec
+from orchestrator.trials.trainable import PlateauRule
+from orchestrator.tuner import make_scheduler, search_algorithm
+from trainer.errors import UserError
+
+EPOCHS = 6
+
+
+def test_the_plateau_rule_with_a_window_of_one_is_the_trainers_best_epoch_rule() -> None:
+    curve = [0.1, 0.3, 0.2, 0.3, 0.25]  # best epoch 2 (the first 0.3): 3 epochs since
+    assert PlateauRule(3).stops(curve) and not PlateauRule(4).stops(curve)
+    assert not PlateauRule(0).stops(curve), "patience 0 never stops"
+
+
+def test_a_smoothed_plateau_rule_ignores_one_lucky_epoch_of_a_climbing_curve() -> None:
+    curve = [0.10, 0.12, 0.30, 0.14, 0.16, 0.18, 0.20]  # a GAN's spike at epoch 3, the trend still climbing
+    assert PlateauRule(3).stops(curve), "the raw curve has not beaten epoch 3 in 4 epochs"
+    assert not PlateauRule(3, window=3).stops(curve)
+    assert PlateauRule(3, window=3).stops([0.2, 0.3, 0.3, 0.3, 0.3, 0.3]), "a flat curve still ends"
+
+
+def test_the_grace_period_can_follow_the_epochs_a_trial_gets() -> None:
+    spec = load_spec(TINY)
+    assert spec.search.grace_epochs(39) == 1, "off by default: search.grace_period"
+    quarter = spec.with_overrides({}, {"grace_fraction": 0.25}).search
+    assert [quarter.grace_epochs(n) for n in (2, 8, 28, 39)] == [1, 2, 7, 10]
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--plateau-window", "0"], "search.plateau_window must be >= 1 (got 0)"),
+        (["--grace-fraction", "1.5"], "search.grace_fraction must be between 0 and 1 (got 1.5)"),
+    ],
+)
+def test_bad_values_of_the_new_options_are_one_line(flags: list[str], expected: str) -> None:
+    args = search.parse_args(["--config", str(TINY), *flags])
+    with pytest.raises(UserError, match=re.escape(expected)):
+        search.spec_from_args(args, load_spec(TINY))
+
+
+def test_a_space_must_hold_the_papers_gan_weight(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TINY.read_text() + "  gan_weight: {type: categorical, choices: [0.0, 0.3]}\n")
+    with pytest.raises(UserError, match="space.gan_weight excludes 1, the paper's setting"):
+        load_spec(spec)
+
+
+def curve_trial(config: dict[str, Any]) -> None:
+    """A trial that reports a fixed curve: the L1-only reference (gan_weight 0) learns fast, the
+    searched trials slowly, as on the issue's 64-px task."""
+    for epoch in range(1, EPOCHS + 1):
+        fast = config.get("gan_weight") == 0.0
+        tune.report({"epoch": epoch, "val_ssim": (0.5 if fast else 0.1 + config["dropout"] / 10) * epoch / EPOCHS})
+
+
+def asha_endings(spec_path: Path, storage: Path, name: str, rank_references: bool) -> dict[str, int]:
+    """Epochs each trial ran under the search's own searcher and scheduler, by kind."""
+    spec = load_spec(spec_path).with_overrides(
+        {"epochs": EPOCHS}, {"num_samples": 6, "max_concurrent": 1, "rank_references": rank_references}
+    )
+    tuner = tune.Tuner(
+        curve_trial,
+        tune_config=tune.TuneConfig(
+            search_alg=search_algorithm(spec), scheduler=make_scheduler(spec, EPOCHS), num_samples=6
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
+    )
+    results = tuner.fit()
+    return {
+        ("l1_only" if r.config.get("gan_weight") == 0.0 else f"searched-{i}"): int(r.metrics["epoch"])
+        for i, r in enumerate(results)
+    }
+
+
+def test_references_kept_out_of_the_rungs_stop_no_trial_and_are_never_stopped(ray_session, tmp_path: Path) -> None:
+    ranked = asha_endings(TINY, tmp_path, "ranked", rank_references=True)
+    # With the L1-only reference in the rungs, the one trial after it at each rung is below its cut-off.
+    assert sum(epochs < EPOCHS for epochs in ranked.values()) >= 2, ranked
+    apart = asha_endings(TINY, tmp_path, "apart", rank_references=False)
+    assert apart["l1_only"] == EPOCHS
+    ranked_searched = sorted(v for k, v in ranked.items() if k != "l1_only")
+    apart_searched = sorted(v for k, v in apart.items() if k != "l1_only")
+    assert sum(apart_searched) > sum(ranked_searched), (ranked, apart)
+
+
+def test_a_search_over_gan_weight_with_the_new_stopping_options(ray_session, tmp_path: Path) -> None:
+    """gan_weight searched with 0 among its choices, the references apart from ASHA, a smoothed
+    plateau rule and a grace period from the epochs: the summary, study and card stay truthful."""
+    spec_path = tmp_path / "gan.yaml"
+    spec_path.write_text(
+        TINY.read_text().replace("seed: 0", "seed: 0\n  l1_reference: false")
+        + "  gan_weight: {type: categorical, choices: [0.0, 1.0]}\n"
+    )
+    code = search.main(
+        [
+            "--config", str(spec_path), "--storage-path", str(tmp_path), "--name", "gan", "--wandb", "off",
+            "--no-rank-references", "--plateau-window", "2", "--grace-fraction", "0.5", "--startup-trials", "4",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    experiment = tmp_path / "gan"
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert summary["references"].keys() == {"paper"}, "gan_weight searched: no separate L1-only reference"
+    trials = {t["trial_id"]: t for t in summary["trials"]}
+    paper = trials[summary["references"]["paper"]["trial_id"]]
+    assert paper["params"]["gan_weight"] == 1.0
+    assert paper["status"] in ("finished", "stopped_plateau"), "ASHA never stops a reference kept apart"
+    l1 = [t for t in summary["trials"] if t["params"]["gan_weight"] == 0.0]
+    assert l1, "4 random start-up draws over 2 choices: the seed gives gan_weight 0 too"
+    assert all("G_GAN" not in row for t in l1 for row in t["history"]), "gan_weight 0 trains no discriminator"
+    assert all("G_GAN" in row for row in paper["history"])
+    study = optuna.load_study(study_name="gan", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert len(study.trials) == len(trials), "every trial is a point of the space, in the study"
+    assert {t.user_attrs["trial_id"]: t.params["gan_weight"] for t in study.trials} == {
+        i: t["params"]["gan_weight"] for i, t in trials.items()
+    }
+    card = json.loads((experiment / "best" / "model_card.json").read_text())
+    best = trials[card["trial_id"]]
+    assert card["hyperparameters"]["gan_weight"] == best["params"]["gan_weight"] == card["train_config"]["gan_weight"]
+    if best["params"]["gan_weight"] == 0.0 and card["kind"] == "searched":
+        assert "without the discriminator" in card["kind_label"]
+    assert card["kind_label"] == summary["best"]["kind_label"]
