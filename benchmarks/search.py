@@ -41,8 +41,9 @@ from orchestrator.outcomes import METRIC, SEARCH_METRIC, EndReason
 from orchestrator.results import summarize_trials
 from orchestrator.spec import DEFAULT_SPEC, SearchSettings, SearchSpec, load_spec
 from orchestrator.trials.endings import SearchStop, TrialEndings
+from orchestrator.trials.plateau import PlateauRule
 from orchestrator.trials.progress import LiveTrialTable
-from orchestrator.trials.trainable import PlateauRule, TrialSettings
+from orchestrator.trials.trainable import TrialSettings
 from orchestrator.tuner import make_scheduler, make_searcher, make_trainable, resolve_epochs
 from trainer.builtin import BUILTIN_PREFIX
 from trainer.cli import OneLineErrorParser, add_dataclass_flags, given_flags

@@ -38,9 +38,10 @@ from orchestrator.tracking.runs import (
     wandb_hint,
 )
 from orchestrator.trials.endings import SearchStop, TrialEndings, signals_stop_the_search
+from orchestrator.trials.plateau import PlateauRule
 from orchestrator.trials.ray_output import RAY_LOG, route_ray_logs
 from orchestrator.trials.study import ARTIFACT_DIR, STUDY_FILE, dashboard_command
-from orchestrator.trials.trainable import PlateauRule, TrialSettings, scratch_dir
+from orchestrator.trials.trainable import TrialSettings, scratch_dir
 from orchestrator.tuner import build_tuner, make_trainable, resolve_epochs, restore_tuner, search_callbacks
 from trainer.errors import UserError, storage_advice
 from trainer.files import check_output_folder

@@ -8,7 +8,6 @@ ends a trial itself when its val SSIM has stopped improving (the plateau stop).
 from __future__ import annotations
 
 import shutil
-import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import ray
 import torch
 from ray import tune
 
+from orchestrator.trials.plateau import PlateauRule
 from trainer.checkpoint import BEST_GENERATOR, LAST, RunState
 from trainer.config import TrainConfig
 from trainer.data import SPLIT_FILE, load_run_data, png_bytes
@@ -33,28 +33,6 @@ DIVERGED_MARKER = "DIVERGED"  # a diverged run diverges again: retries fail at o
 PANEL_SAMPLES = 4  # fixed val pairs shown in W&B panels, the same ones every epoch
 PANEL_FILE = "val_samples.png"  # input | output | target rows, saved with the checkpoint
 SCRATCH_PREFIX = "pix2pix-trial-"
-
-
-@dataclass(frozen=True)
-class PlateauRule:
-    """The plateau stop: a trial ends once `patience` epochs have passed since the best point of its
-    val SSIM curve, the curve smoothed by the median of the last `window` epochs (1: the raw curve, the
-    trainer's own best epoch). A GAN's val SSIM jumps from epoch to epoch; the median keeps one lucky
-    epoch from starting the count while the trend still climbs."""
-
-    patience: int  # 0: never
-    window: int = 1
-
-    def smoothed(self, curve: list[float]) -> list[float]:
-        return [statistics.median(curve[max(0, i + 1 - self.window) : i + 1]) for i in range(len(curve))]
-
-    def stops(self, curve: list[float]) -> bool:
-        """`curve`: val SSIM of every epoch so far, from the first."""
-        if self.patience == 0 or not curve:
-            return False
-        smooth = self.smoothed(curve)
-        best = smooth.index(max(smooth))  # the first best, as the trainer's best_epoch
-        return len(curve) - 1 - best >= self.patience
 
 
 @dataclass(frozen=True)

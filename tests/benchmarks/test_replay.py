@@ -1,0 +1,76 @@
+"""benchmarks.replay on a tiny curve table: searches through the search's own searcher, scheduler
+and plateau rule on a real local Ray, the trials stand-ins reporting recorded curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from search_cli import TINY
+
+from benchmarks import replay
+from benchmarks.standin_trial import CurveRow, ReplaySettings, nearest_row
+from orchestrator.spec import load_spec
+from orchestrator.trials.plateau import PlateauRule
+
+EPOCHS = 3
+
+
+def tiny_table(path: Path) -> Path:
+    """The paper's settings, the L1-only reference (better than the paper's) and two searched
+    configurations better than both, far from the paper's lambda_l1 of 100, as benchmarks.record_curves
+    writes them: a random draw lands nearer the paper's (lambda_l1 71-141) with odds 0.18."""
+    spec = load_spec(TINY).with_overrides({"epochs": EPOCHS}, {"num_samples": 4})
+    paper = spec.paper_point()
+    rows = [
+        {"kind": "paper", "params": paper, "val_ssim": [0.2, 0.3, 0.4], "test_ssim": [0.21, 0.31, 0.41]},
+        {"kind": "l1_only", "params": {**paper, "gan_weight": 0.0}, "val_ssim": [0.5, 0.6, 0.6],
+         "test_ssim": [0.5, 0.6, 0.6]},
+        {"kind": "searched", "params": {**paper, "lambda_l1": 200.0}, "val_ssim": [0.3, 0.7, 0.8],
+         "test_ssim": [0.3, 0.7, 0.75]},
+        {"kind": "searched", "params": {**paper, "lambda_l1": 50.0}, "val_ssim": [0.3, 0.7, 0.8],
+         "test_ssim": [0.3, 0.7, 0.75]},
+    ]  # fmt: skip
+    path.write_text(json.dumps({"spec": spec.to_dict(), "epochs": EPOCHS, "trials": rows}))
+    return path
+
+
+def test_a_trial_replays_the_curve_nearest_to_its_params_never_across_the_discriminator(tmp_path: Path) -> None:
+    spec, rows = replay.load_table(tiny_table(tmp_path / "table.json"), tmp_path)
+    settings = ReplaySettings(tuple(rows), replay.space_scales(spec), PlateauRule(0))
+    paper = spec.paper_point()
+    assert nearest_row({**paper, "lambda_l1": 300.0}, settings).params["lambda_l1"] == 200.0
+    assert nearest_row({**paper, "lambda_l1": 30.0}, settings).params["lambda_l1"] == 50.0
+    assert nearest_row({**paper, "gan_weight": 0.0, "lambda_l1": 200.0}, settings).params.get("gan_weight") == 0.0
+    assert isinstance(rows[0], CurveRow)
+
+
+def test_replay_prints_every_method_with_intervals_over_the_seeds(ray_session, tmp_path: Path, capsys) -> None:
+    table = tiny_table(tmp_path / "table.json")
+    assert (
+        replay.main(["--table", str(table), "--methods", "default,fair", "--seeds", "0-1", "--epoch-seconds", "0"]) == 0
+    )
+    out = capsys.readouterr().out
+    final = out[out.rindex("| method |") :].splitlines()
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]] for line in final[2:]}
+    assert rows.keys() == {"default", "fair"}
+    for seeds, *_, export_test, _gain, _searched, _epochs in rows.values():
+        assert seeds == "2" and " ± " in export_test
+    # With the references apart from ASHA's rungs, the searched trials that land on a good curve (val
+    # 0.3 at epoch 1, then 0.8) are ranked among themselves, found and exported in every seed, 0.15
+    # above the L1-only reference's test SSIM at its best val epoch. (Ranked with the L1-only
+    # reference's 0.5 at epoch 1, as by default, they can be stopped there: the issue's finding.)
+    _, export_val, export_test, gain, searched, _ = rows["fair"]
+    assert export_val.startswith("0.8000 ± 0.0000") and export_test.startswith("0.7500")
+    assert gain.startswith("0.1500") and searched.startswith("1.00")
+    assert float(rows["default"][1].split()[0]) <= 0.8
+
+
+def test_seed_ranges_and_unknown_methods(capsys) -> None:
+    assert replay.seed_range("0-3,7") == [0, 1, 2, 3, 7]
+    with pytest.raises(SystemExit) as exit_:
+        replay.main(["--methods", "default,nope"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--methods: unknown method nope; choose from default," in err, err
