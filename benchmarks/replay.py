@@ -38,6 +38,7 @@ from orchestrator.cluster import start_ray
 from orchestrator.driver import QUIET_ENV
 from orchestrator.spec import SearchSpec, load_spec, save_spec
 from orchestrator.trials.plateau import PlateauRule
+from orchestrator.trials.ray_output import result_loggers
 from orchestrator.trials.references import reference_of
 from orchestrator.tuner import make_scheduler, search_algorithm
 from trainer.cli import OneLineErrorParser
@@ -110,7 +111,8 @@ def replay_search(
             num_samples=spec.search.num_samples,
             reuse_actors=True,  # a stand-in keeps no state between trials: no worker start per trial
         ),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
+        # The search's own result files (a search run before in this process turns Tune's defaults off)
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=result_loggers(), verbose=0),
     )
     best: dict[str, tuple[float, float]] = {}  # trial id -> (best val SSIM, test SSIM at that epoch)
     kinds: dict[str, str | None] = {}

@@ -17,8 +17,9 @@ from search_cli import TINY
 from benchmarks.replay import space_scales
 from benchmarks.standin_trial import CurveRow, ReplaySettings, run_replay_trial
 from orchestrator import search
-from orchestrator.spec import SearchSpec, load_spec
+from orchestrator.spec import SHIPPED_SPECS, SearchSpec, load_spec
 from orchestrator.trials.plateau import PlateauRule
+from orchestrator.trials.ray_output import result_loggers
 from orchestrator.trials.references import L1_ONLY, PAPER, reference_of
 from orchestrator.tuner import make_scheduler, search_algorithm
 from trainer.errors import UserError
@@ -93,7 +94,7 @@ def epochs_run(storage: Path, name: str, rank_references: bool) -> dict[str, int
             num_samples=6,
             reuse_actors=True,  # no worker start per trial
         ),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=result_loggers(), verbose=0),
     )
     return {reference_of(r.config, spec) or f"searched-{i}": int(r.metrics["epoch"]) for i, r in enumerate(tuner.fit())}
 
@@ -146,3 +147,9 @@ def test_a_search_over_gan_weight_with_the_new_stopping_options(ray_session, tmp
     if best["params"]["gan_weight"] == 0.0 and card["kind"] == "searched":
         assert "without the discriminator" in card["kind_label"]
     assert card["kind_label"] == summary["best"]["kind_label"]
+
+
+def test_the_shipped_l1_region_spec_searches_gan_weight_from_zero_to_the_papers() -> None:
+    spec = load_spec(SHIPPED_SPECS / "l1-region.yaml")
+    assert {0.0, 1.0} <= set(spec.space["gan_weight"].choices) and spec.paper_point()["gan_weight"] == 1.0
+    assert not spec.runs_l1_reference, "gan_weight 0 is a point of the space, not a separate reference"
