@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -71,6 +71,26 @@ def reread_ray_auth_settings() -> None:
     import ray._raylet
 
     ray._raylet.Config.initialize("")
+
+
+def send_raylet_messages_to(log: Callable[[str], None]) -> Callable[[], None]:
+    """Ray's driver prints the error messages its raylets push to it (a worker that died, a task that
+    failed) on stdout, each behind an ANSI-coloured "(raylet)", whatever `log_to_driver` says: its
+    listener thread calls `ray._private.worker.print_to_stdstream`. Those messages go to `log`
+    instead; every other stream is printed as before. Returns the function that undoes it."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            original(data, ignore_prefix)
+            return
+        for line in data.get("lines", ()):
+            log(f"(raylet) {line}")
+
+    ray_worker.print_to_stdstream = to_log
+    return lambda: setattr(ray_worker, "print_to_stdstream", original)
 
 
 # ---------------------------------------------------------------------------------------------

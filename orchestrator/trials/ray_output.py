@@ -2,7 +2,8 @@
 
 - Ray's loggers (the `ray` tree: the token-auth notice, "Started a local Ray instance", Tune's
   "callbacks.on_trial_result took 2.1 s" warnings, its experiment-state messages) write to
-  `<experiment>/ray.log` instead of stderr.
+  `<experiment>/ray.log` instead of stderr, and so do the error messages raylets push to the driver
+  (a killed worker's), which Ray would print on stdout behind an ANSI-coloured "(raylet)".
 - Tune's own console reporter (a configuration box and a TensorBoard command pointing into Ray's
   session folder) is off: with RAY_AIR_NEW_OUTPUT=0 and verbose=0 Tune prints nothing itself.
 - Tune writes no TensorBoard event files: TensorBoard is not a dependency, and W&B and
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+from orchestrator.compat import send_raylet_messages_to
 
 RAY_LOG = "ray.log"
 ENV = {
@@ -53,8 +56,10 @@ def route_ray_logs(folder: Path) -> Callable[[], None]:
     for old in saved:
         logger.removeHandler(old)
     logger.addHandler(handler)
+    restore_raylet_messages = send_raylet_messages_to(logging.getLogger("ray.raylet").warning)
 
     def restore() -> None:
+        restore_raylet_messages()
         logger.removeHandler(handler)
         handler.close()
         for old in saved:

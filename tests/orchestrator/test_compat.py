@@ -71,3 +71,20 @@ def test_modules_from_before_the_move_name_the_modules_they_moved_to() -> None:
     compat.accept_pickles_from_before_the_move()
     for old, new in compat.MOVED_MODULES.items():
         assert sys.modules[old] is importlib.import_module(new)
+
+
+def test_the_driver_prints_raylet_messages_through_the_function_compat_replaces(tmp_path, capsys) -> None:
+
+    import ray._private.worker as ray_worker
+
+    from orchestrator.trials.ray_output import RAY_LOG, route_ray_logs
+
+    listener = inspect.getsource(ray_worker.listen_error_messages)
+    assert "print_to_stdstream(" in listener and '"pid": "raylet"' in listener, "Ray's raylet messages moved"
+    restore = route_ray_logs(tmp_path)
+    try:  # what the listener thread does with a killed worker's message
+        ray_worker.print_to_stdstream({"lines": ["A worker died"], "pid": "raylet", "is_err": False}, False)
+    finally:
+        restore()
+    assert "A worker died" not in capsys.readouterr().out
+    assert "(raylet) A worker died" in (tmp_path / RAY_LOG).read_text()
