@@ -138,39 +138,45 @@ def run_search(spec: SearchSpec, place: ExperimentPlace, run: RunOptions) -> Sea
 
     ended = partial(SearchOutcome, resume_command=resume_command(place))
     started = time.time()
+    restore_ray_logs = route_ray_logs(out_dir)
+    started_ray = False
     try:
-        results, trials = run_trials(spec, place, run, callbacks, stop)
-        # An interrupted search exports nothing: its best so far is not the search's result.
-        best = None if stop.cause else export_best(results, trials, spec, out_dir / EXPORT_DIR, place.path)
-        state = SearchState.INTERRUPTED if stop.cause else SearchState.FINISHED
-        # Paths in the experiment's own files are relative to its folder, which may move.
-        wandb_info = (
-            None
-            if wandb_mode == "off"
-            else {"mode": wandb_mode, "project": run.wandb_project, "dir": ".", "sync_command": sync_command(".")}
-        )
-        summary = write_summary(out_dir, place.name, spec, state, trials, best, time.time() - started, wandb_info)
-        if stop.cause:
-            console.print(render_summary(summary))
-            return ended(state=state, stop=stop.cause, detail=stop.detail, advice=stop.advice, summary=summary)
-        log_search_run(
-            wandb_mode,
-            run.wandb_project,
-            place.name,
-            out_dir,  # wandb writes its runs into <dir>/wandb/
-            trials,
-            out_dir / EXPORT_DIR if best else None,
-            best.get("card") if best else None,
-            config={
-                "space": summary["space"],
-                "search": summary["search"],
-                "train": summary["fixed"],
-                "data": cfg.data,
-            },
-        )
-        report = write_report(out_dir)
-        report_url = publish_wandb_report(summary, out_dir) if wandb_mode == "online" else None
-        place.upload(UPLOADED, console)
+        started_ray = start_ray(run.address)
+        # From here to the end, after Ray started (ray.init installs a SIGTERM handler of its own): a
+        # signal during the trials stops them as a time budget would, and one after them ends the run.
+        with signals_stop_the_search(stop):
+            results, trials = run_trials(spec, place, run, callbacks, started_ray)
+            # An interrupted search exports nothing: its best so far is not the search's result.
+            best = None if stop.cause else export_best(results, trials, spec, out_dir / EXPORT_DIR, place.path)
+            state = SearchState.INTERRUPTED if stop.cause else SearchState.FINISHED
+            # Paths in the experiment's own files are relative to its folder, which may move.
+            wandb_info = (
+                None
+                if wandb_mode == "off"
+                else {"mode": wandb_mode, "project": run.wandb_project, "dir": ".", "sync_command": sync_command(".")}
+            )
+            summary = write_summary(out_dir, place.name, spec, state, trials, best, time.time() - started, wandb_info)
+            if stop.cause:
+                console.print(render_summary(summary))
+                return ended(state=state, stop=stop.cause, detail=stop.detail, advice=stop.advice, summary=summary)
+            log_search_run(
+                wandb_mode,
+                run.wandb_project,
+                place.name,
+                out_dir,  # wandb writes its runs into <dir>/wandb/
+                trials,
+                out_dir / EXPORT_DIR if best else None,
+                best.get("card") if best else None,
+                config={
+                    "space": summary["space"],
+                    "search": summary["search"],
+                    "train": summary["fixed"],
+                    "data": cfg.data,
+                },
+            )
+            report = write_report(out_dir)
+            report_url = publish_wandb_report(summary, out_dir) if wandb_mode == "online" else None
+            place.upload(UPLOADED, console)
     except KeyboardInterrupt:  # a second signal, or one outside Tune's loop: Tune's last save stands
         return ended(state=SearchState.INTERRUPTED, stop=stop.cause or StopCause.CTRL_C)
     except OSError as err:  # the driver's own write; after a trial's storage failure, that one is the news
@@ -179,40 +185,40 @@ def run_search(spec: SearchSpec, place: ExperimentPlace, run: RunOptions) -> Sea
             raise
         stop.request(StopCause.STORAGE, f"writing {err.filename or 'a file'}: {err.strerror}", advice)
         return ended(state=SearchState.INTERRUPTED, stop=stop.cause, detail=stop.detail, advice=stop.advice)
+    finally:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()
+        restore_ray_logs()
     print_summary(summary, out_dir, report, report_url)
     return ended(state=state, summary=summary, exported=out_dir / EXPORT_DIR if best else None)
 
 
 def run_trials(
-    spec: SearchSpec, place: ExperimentPlace, run: RunOptions, callbacks: list[tune.Callback], stop: SearchStop
+    spec: SearchSpec, place: ExperimentPlace, run: RunOptions, callbacks: list[tune.Callback], started_ray: bool
 ) -> tuple[tune.ResultGrid, list[dict[str, Any]]]:
-    """Ray up, the trials run (or resume) until they end or `stop` is requested, Ray down."""
+    """The trials run (or resume) until they end or the search's stop is requested; then Ray goes
+    down when this driver started it (the export and the report need no Ray)."""
     out_dir = place.out_dir
     epochs = spec.trial_config({}).epochs
-    restore_ray_logs = route_ray_logs(out_dir)
-    started_ray = False
     trials: list[dict[str, Any]] = []
     try:
-        started_ray = start_ray(run.address)
-        with signals_stop_the_search(stop):  # after Ray started: Ray installs SIGTERM handlers of its own
-            settings = TrialSettings(
-                fixed=spec.train,
-                plateau=PlateauRule(spec.search.stop_patience, spec.search.plateau_window),
-                image_every=spec.search.image_every,
-            )
-            trainable = make_trainable(spec, settings)
-            if run.resume:
-                console.print(f"resuming {place.path}")
-                tuner = restore_tuner(place.path, spec, trainable, callbacks)
-            else:
-                tuner = build_tuner(spec, place.name, place.storage_path, trainable, epochs, callbacks)
-            results = tuner.fit()
+        settings = TrialSettings(
+            fixed=spec.train,
+            plateau=PlateauRule(spec.search.stop_patience, spec.search.plateau_window),
+            image_every=spec.search.image_every,
+        )
+        trainable = make_trainable(spec, settings)
+        if run.resume:
+            console.print(f"resuming {place.path}")
+            tuner = restore_tuner(place.path, spec, trainable, callbacks)
+        else:
+            tuner = build_tuner(spec, place.name, place.storage_path, trainable, epochs, callbacks)
+        results = tuner.fit()
         trials = summarize_trials(results, epochs, TrialEndings.read(out_dir), spec.search.time_budget)
         return results, trials
     finally:
         if started_ray:
             ray.shutdown()
-        restore_ray_logs()
         for trial in trials:  # scratch folders of attempts killed before their own clean-up (on this machine)
             shutil.rmtree(scratch_dir(trial["trial_id"]), ignore_errors=True)
 

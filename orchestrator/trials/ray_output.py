@@ -41,6 +41,12 @@ class QuietFileHandler(logging.FileHandler):
     def handleError(self, record: logging.LogRecord) -> None:
         pass
 
+    def close(self) -> None:
+        try:
+            super().close()  # flushes first, which a full disk refuses
+        except OSError:
+            pass
+
 
 def route_ray_logs(folder: Path) -> Callable[[], None]:
     """Send the `ray` logger tree to `folder/ray.log`; returns the function that restores its handlers

@@ -34,3 +34,10 @@ def test_a_search_started_before_the_layout_move_resumes_with_its_trials_and_one
     assert old_ids < set(statuses) and len(statuses) == 4  # the stored trials kept, one more run
     assert "interrupted" not in statuses.values()  # the interrupted trial was continued
     assert (folder / "best" / "model_card.json").is_file()
+
+    # Resumed again, the finished search says so and changes nothing.
+    finished = (folder / "summary.json").read_bytes()
+    again = subprocess.run(resume, env=search_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "this search is complete (4 trials); nothing to resume" in again.stdout
+    assert (folder / "summary.json").read_bytes() == finished

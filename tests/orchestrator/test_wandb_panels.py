@@ -18,13 +18,19 @@ from ray import tune
 
 from orchestrator.tracking.callback import WandbTrialLogger
 from orchestrator.tracking.offline import find_runs, read_run
-from orchestrator.trials.endings import TrialEndings
+from orchestrator.trials.endings import SearchStop, TrialEndings
 from orchestrator.trials.trainable import PANEL_FILE
 
 
 def test_a_panel_is_logged_even_when_its_checkpoint_is_deleted_at_once(tmp_path: Path) -> None:
     logger = WandbTrialLogger(
-        "offline", "panels", "g", str(tmp_path / "exp"), fixed={}, epochs=2, endings=TrialEndings(0, tmp_path)
+        "offline",
+        "panels",
+        "g",
+        str(tmp_path / "exp"),
+        fixed={},
+        epochs=2,
+        endings=TrialEndings(0, tmp_path, SearchStop()),
     )
     # a stand-in for Tune's Trial record: the attributes the callback reads
     trial = SimpleNamespace(trial_id="t1", config={"lambda_l1": 100.0}, last_result={}, latest_checkpoint_result=None)
