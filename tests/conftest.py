@@ -41,12 +41,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # ---------------------------------------------------------------------------------------------
 # Tiers: `make test-fast` runs the fast tier (`-m fast`), the edit-test loop. The rule is here, not in
 # each file, and a new test is fast unless it is slow by this rule: it starts Ray or a search (it asks
-# for a fixture in SLOW_FIXTURES, or it or a helper of its module builds a search command), trains a
-# model in a shared fixture (SLOW_FIXTURES too), or it is
-# marked `slow` itself (trainings run to a quality bar or long enough to take seconds). A fast test
+# for a fixture in SLOW_FIXTURES, or it or a helper of its module builds a search command), it asks for
+# a shared fixture that trains or writes an experiment (SLOW_FIXTURES too), or it is marked `slow`
+# itself (a training, a subprocess or a W&B run of seconds). A fast test
 # that outgrows FAST_SECONDS is named at the end of the run, to be made smaller or marked slow.
 
-SLOW_FIXTURES = frozenset({"ray_session", "make_cluster", "search_with_wandb", "tiny_run", "trained", "export_dir"})
+# Fixtures that start Ray, a cluster or a search, train, run every CLI, or build an experiment's files.
+SLOW_FIXTURES = frozenset(
+    {"ray_session", "make_cluster", "search_with_wandb", "tiny_run", "trained", "export_dir", "help_outputs"}
+    | {"experiment"}
+)
 SEARCH_HELPERS = frozenset({"search_command", "search_env"})  # tests/search_cli.py: a search subprocess
 FAST_SECONDS = 5.0
 

@@ -9,6 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 from search_cli import ROOT
 
 CHECK = """
@@ -24,6 +25,7 @@ print(load_spec(Path("search_spaces/gpu-256.yaml")).train["size"])  # as the REA
 """
 
 
+@pytest.mark.slow  # trains, or runs a subprocess, for seconds (tests/conftest.py: tiers)
 def test_a_built_wheel_ships_the_specs_and_runs_elsewhere(tmp_path: Path) -> None:
     # Built from a copy: setuptools leaves build/ and *.egg-info in the folder it builds.
     source = tmp_path / "source"

@@ -24,7 +24,7 @@ def damaged(tmp_path: Path) -> tuple[Path, list[dict]]:
     return folder, trials
 
 
-@pytest.mark.fast
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_the_report_of_a_search_with_a_damaged_study_is_written_and_says_why(damaged: tuple[Path, list]) -> None:
     folder, trials = damaged
     page = report.write_report(folder).read_text()
@@ -32,7 +32,7 @@ def test_the_report_of_a_search_with_a_damaged_study_is_written_and_says_why(dam
     assert all(t["trial_id"] in page for t in trials)
 
 
-@pytest.mark.fast
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_writing_the_study_again_replaces_a_damaged_file(
     damaged: tuple[Path, list], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -33,7 +33,6 @@ def spec_with(tmp_path: Path, section: str, key: str, value: str) -> Path:
     return path
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(
     ("section", "key", "value", "named"),
     [
@@ -54,7 +53,6 @@ def test_a_spec_with_an_infinite_value_is_refused_naming_the_key(
     assert named in str(err.value) and len(str(err.value).splitlines()) == 1
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("value", ["inf", "nan"])
 def test_a_search_flag_with_an_infinite_value_is_refused_before_anything_is_written(
     tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]
@@ -65,7 +63,6 @@ def test_a_search_flag_with_an_infinite_value_is_refused_before_anything_is_writ
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
@@ -84,6 +81,7 @@ def test_a_trainer_flag_with_an_infinite_value_is_refused_before_training(
     assert not out.exists()
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_predict_refuses_a_model_card_with_an_infinite_window(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

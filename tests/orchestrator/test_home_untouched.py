@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from search_cli import ROOT
 
 START_RAY_AS_THE_TESTS_DO = """
@@ -24,6 +25,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow  # trains, or runs a subprocess, for seconds (tests/conftest.py: tiers)
 def test_ray_writes_no_auth_token_into_home(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

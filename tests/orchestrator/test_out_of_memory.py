@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from search_cli import ROOT, TINY, search_env
 
 GIB = 2**30
@@ -19,6 +20,7 @@ def limit_address_space() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
 
+@pytest.mark.slow  # trains, or runs a subprocess, for seconds (tests/conftest.py: tiers)
 def test_the_search_preflight_warns_when_ulimit_v_leaves_a_trial_too_little() -> None:
     probe = (
         "from pathlib import Path\n"
@@ -35,6 +37,7 @@ def test_the_search_preflight_warns_when_ulimit_v_leaves_a_trial_too_little() ->
     assert "but the address-space limit (ulimit -v) leaves a process about" in done.stdout, done.stdout
 
 
+@pytest.mark.slow  # trains, or runs a subprocess, for seconds (tests/conftest.py: tiers)
 def test_an_allocation_failure_in_trainer_train_is_one_line_saying_what_to_lower(tmp_path: Path) -> None:
     flags = ["--data", "builtin:glyphs", "--size", "512", "--batch_size", "32", "--epochs", "1"]
     flags += ["--max_train_images", "64", "--device", "cpu", "--precision", "fp32", "--out", str(tmp_path / "run")]

@@ -15,7 +15,6 @@ from trainer.errors import UserError
 from trainer.files import check_output_folder
 
 
-@pytest.mark.fast
 def test_train_refuses_a_read_only_out_before_training(
     read_only_folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -25,7 +24,6 @@ def test_train_refuses_a_read_only_out_before_training(
     assert not any(read_only_folder.iterdir())
 
 
-@pytest.mark.fast
 def test_a_search_refuses_a_read_only_storage_path_before_ray_starts(
     read_only_folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -35,7 +33,6 @@ def test_a_search_refuses_a_read_only_storage_path_before_ray_starts(
     assert not any(read_only_folder.iterdir())
 
 
-@pytest.mark.fast
 def test_a_folder_whose_mode_says_writable_but_that_takes_no_file_is_refused() -> None:
     """/proc: mode 0555, yet access() tells root it may write there; only creating a file tells."""
     with pytest.raises(UserError, match="/proc is not writable"):

@@ -47,12 +47,14 @@ def test_an_empty_data_folder_is_refused_before_ray_starts(tmp_path: Path, capsy
     assert "no images found" in run_search_expecting_error(tmp_path, capsys, "--data", str(tmp_path / "empty"))
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
 def test_gpus_per_trial_on_a_machine_without_gpu_is_refused(tmp_path: Path, capsys) -> None:
     err = run_search_expecting_error(tmp_path, capsys, "--gpus-per-trial", "0.5")
     assert "--gpus-per-trial 0.5: this machine has no GPU" in err
 
 
+@pytest.mark.slow  # reads every glyph file's header, as a search's preflight does (tests/conftest.py: tiers)
 def test_a_trial_too_big_for_this_machine_is_named_before_it_starts() -> None:
     spec = load_spec(TINY).with_overrides({"size": 2048, "batch_size": 64}, {})
     (warning,) = check_search(spec, None)

@@ -274,6 +274,7 @@ def test_test_metrics_table_compares_with_identity(page: str) -> None:
     assert table.count(">yes<") == 3  # the model beats the identity baseline on all three
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_report_without_best_and_with_few_trials(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     trials = [trial(0, "failed", rng), trial(1, "stopped_asha", rng)]
@@ -294,6 +295,7 @@ def test_param_importances_are_optunas_on_the_studys_trials(experiment: Path) ->
     assert importances == pytest.approx(expected)
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_report_without_a_study_says_why_there_are_no_importances(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     trials = [trial(i, "finished", rng) for i in range(5)]
@@ -335,6 +337,7 @@ def test_log_axis_ticks_are_few_and_short(low: float, high: float) -> None:
     assert 2 <= len(labels) <= 6 and max(map(len, labels)) <= 6, labels
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_cli_exits_2_with_one_line_for_a_missing_folder(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "orchestrator.report", str(tmp_path / "nope")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
@@ -353,6 +356,7 @@ def test_cli_exits_2_with_one_line_for_an_invalid_summary(tmp_path: Path, conten
     assert not (tmp_path / "report.html").exists()
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_cli_online_without_network_writes_html_and_says_so_once(
     experiment: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

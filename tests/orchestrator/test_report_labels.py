@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pytest
 from test_report import STATUSES, make_experiment, study_trial, trial
 
 from orchestrator import report
@@ -28,6 +29,7 @@ def search_with_l1_reference(folder: Path, scored: int) -> Path:
     return folder
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_gan_weight_is_no_searched_parameter(tmp_path: Path) -> None:
     folder = search_with_l1_reference(tmp_path / "exp", scored=len(STATUSES))
     summary = load.load_summary(folder)

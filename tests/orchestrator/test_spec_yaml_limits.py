@@ -33,7 +33,6 @@ def refusal(tmp_path: Path, text: str) -> str:
     return message
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("levels", [9, 6, 5])
 def test_a_billion_laughs_spec_is_refused_at_once_in_one_short_line(tmp_path: Path, levels: int) -> None:
     assert len(laughs(9)) < 600  # small on disk
@@ -41,14 +40,12 @@ def test_a_billion_laughs_spec_is_refused_at_once_in_one_short_line(tmp_path: Pa
     assert "not valid YAML at line" in message and "aliases (*name) expand the file to more than" in message
 
 
-@pytest.mark.fast
 def test_a_few_aliases_still_work(tmp_path: Path) -> None:
     path = tmp_path / "spec.yaml"
     path.write_text("train:\n  size: &s 32\n  ngf: 8\n  ndf: 8\n  batch_size: *s\n")
     assert load_spec(path).train["batch_size"] == 32
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(
     ("text", "named"),
     [

@@ -157,6 +157,7 @@ def test_api_key_is_written_nowhere(wandb_env: Path, experiment: Path) -> None:
     assert leaks == []
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_sync_command_finds_the_offline_runs_from_the_folder_and_from_anywhere(experiment: Path) -> None:
     assert sync_command() == "wandb sync wandb"  # summary.json's: no path of this machine in it
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -287,6 +288,7 @@ def test_unreachable_server_falls_back_to_offline_fast(no_wandb_env, monkeypatch
     assert out.count("\n") == 1 and "unreachable" in out and FAKE_KEY not in out
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_silent_server_cannot_hang_the_search(no_wandb_env, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     with socket.socket() as listener:  # accepts connections, never answers

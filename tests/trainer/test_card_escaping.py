@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 
-import pytest
 import yaml
 from markdown_it import MarkdownIt
 
@@ -25,7 +24,6 @@ def rendered(source: str, name: str) -> tuple[dict, str]:
     return yaml.safe_load(front), MarkdownIt("commonmark").render(body)
 
 
-@pytest.mark.fast
 def test_a_data_path_and_name_with_markup_stay_text_in_the_model_card() -> None:
     front, page = rendered(NASTY, "best <b>model</b> *of* `all`")
     assert front["model-index"][0]["results"][0]["dataset"]["name"] == NASTY

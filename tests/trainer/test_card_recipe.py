@@ -28,6 +28,7 @@ assert "torch" not in sys.modules, "the recipe imported torch"
 """
 
 
+@pytest.mark.slow  # trains, or runs a subprocess, for seconds (tests/conftest.py: tiers)
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_the_cards_recipe_writes_predicts_png(in_channels: int, tmp_path: Path) -> None:
     torch.manual_seed(in_channels)

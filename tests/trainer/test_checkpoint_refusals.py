@@ -18,7 +18,6 @@ class RunsACommand:
         return (os.system, ("echo pwned",))
 
 
-@pytest.mark.fast
 def test_a_pickle_that_names_code_is_refused_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     path.write_bytes(pickle.dumps({"config": RunsACommand()}, protocol=2))

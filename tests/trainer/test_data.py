@@ -91,6 +91,7 @@ def test_saved_split_refuses_data_that_lost_files(paired_folder: MakeFolder, tmp
         load_paired_data(str(data.root), 32, run_dir=tmp_path / "run")
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_builtin_photo_sets_split_by_source_photo() -> None:
     files = find_splits(builtin_root("colorize"), split_seed=0, run_dir=None)
     photos = {s: {pair.name.rsplit("-", 1)[0] for pair in files[s]} for s in SPLITS}

@@ -22,8 +22,6 @@ from trainer.data import count_train_pairs, load_paired_data, seeded_split
 from trainer.data.cache import MANIFEST, MAX_GB_ENV, SWITCH_ENV, cache_root
 from trainer.loop import train
 
-pytestmark = pytest.mark.fast
-
 MakeFolder = Callable[..., PairedFolder]
 REPO = Path(__file__).resolve().parent.parent
 
@@ -177,6 +175,7 @@ def test_a_subject_with_an_empty_mask_is_named(tmp_path: Path, capsys: pytest.Ca
 # object storage: a real S3-compatible server (moto) on loopback
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_data_in_s3_is_fetched_once_per_node(
     s3_data: tuple[str, PairedFolder], capsys: pytest.CaptureFixture[str]
 ) -> None:

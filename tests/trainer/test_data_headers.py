@@ -27,7 +27,6 @@ def refused_search(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     return err
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(
     ("spoil", "why"),
     [(b"", "UnidentifiedImageError"), (b"GIF89a not a png at all", "UnidentifiedImageError")],
@@ -47,7 +46,6 @@ def test_a_search_names_an_unreadable_image_before_ray_starts(
     assert f"{bad}: cannot be read as an image ({why}); replace or remove it" in err
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("name", ["empty.nii.gz", "empty.nii", "empty.tif", "empty.jpg"])
 def test_each_reader_refuses_an_empty_file_from_its_header(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
@@ -56,7 +54,6 @@ def test_each_reader_refuses_an_empty_file_from_its_header(tmp_path: Path, name:
         check_header(path)
 
 
-@pytest.mark.fast
 def test_a_header_over_the_pixel_limit_is_refused_without_decoding(
     paired_folder: Callable[..., PairedFolder], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -12,6 +13,7 @@ from trainer.export import SAFETENSORS, export_generator
 from trainer.models import UNetGenerator, init_weights
 
 
+@pytest.mark.slow  # trains, or runs a subprocess, for seconds (tests/conftest.py: tiers)
 def test_the_same_weights_export_to_identical_safetensors(tmp_path: Path) -> None:
     torch.manual_seed(0)
     G = UNetGenerator(GeneratorConfig(in_channels=1, out_channels=3, size=32, ngf=8))

@@ -9,6 +9,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import nibabel as nib
 import numpy as np
+import pytest
 from test_trainer_cli import TINY_FLAGS, assert_one_line_error, run_cli
 from test_volumes import HU_WINDOW, write_subjects
 
@@ -21,6 +22,7 @@ from trainer.export.__main__ import export_run
 from trainer.loop import train
 
 
+@pytest.mark.slow  # trains, or runs a subprocess, for seconds (tests/conftest.py: tiers)
 def test_a_trained_run_exports_and_predicts_from_the_command_line(tmp_path: Path, glyphs_root: Path) -> None:
     run, model = tmp_path / "run", tmp_path / "model"
     done = run_cli("trainer.train", "--data", "builtin:glyphs", *TINY_FLAGS, "--out", run, cwd=tmp_path)
@@ -42,6 +44,7 @@ def test_a_trained_run_exports_and_predicts_from_the_command_line(tmp_path: Path
     assert iio.imread(tmp_path / "out" / "a.png").shape[:2] == (40, 28)
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_a_volume_run_exports_and_translates_back_into_hu(tmp_path: Path) -> None:
     root = write_subjects(tmp_path / "data", count=8, masks=True)
     run = tmp_path / "run"
@@ -62,6 +65,7 @@ def test_a_volume_run_exports_and_translates_back_into_hu(tmp_path: Path) -> Non
     assert -1000.0 - 1e-3 <= values.min() and values.max() <= 2000.0 + 1e-3  # HU, inside the window
 
 
+@pytest.mark.slow  # trains, or runs a subprocess, for seconds (tests/conftest.py: tiers)
 def test_bad_runs_and_folders_stop_with_one_line_and_change_nothing(tmp_path: Path) -> None:
     done = run_cli("trainer.export", "--run", tmp_path / "nope", "--out", tmp_path / "model", cwd=tmp_path)
     assert done.returncode == 2

@@ -182,6 +182,7 @@ def test_plateau_schedule_halves_after_patience_epochs_without_gain() -> None:
     assert got == pytest.approx([1e-3] * 6 + [5e-4] * 3)
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_the_loop_reports_the_scheduled_lr(tiny_config: MakeConfig, tmp_path: Path) -> None:
     results = list(train(tiny_config(epochs=2, max_train_images=16, lr_G=4e-4, lr_D=2e-4), tmp_path))
     # linear, 2 epochs: 1 constant epoch, then 1 - 1/2

@@ -256,6 +256,7 @@ def test_evaluate_refuses_a_missing_checkpoint(tmp_path: Path, capsys: pytest.Ca
     assert_one_line_error(capsys.readouterr().err, "best.pt: checkpoint not found")
 
 
+@pytest.mark.slow  # seconds: a subprocess, a training or a W&B run (tests/conftest.py: tiers)
 def test_a_diverging_run_exits_1_with_one_line(
     glyphs_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

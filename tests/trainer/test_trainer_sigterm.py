@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from trainer.checkpoint import LAST, RunState
 from trainer.errors import EXIT_TERMINATED
 
@@ -21,6 +23,7 @@ def temp_files(run_dir: Path) -> list[str]:
     return sorted(p.name for p in run_dir.iterdir() if p.name.startswith("."))
 
 
+@pytest.mark.slow  # trains, or runs a subprocess, for seconds (tests/conftest.py: tiers)
 def test_sigterm_after_the_first_checkpoint_saves_says_how_to_resume_and_leaves_no_temp_file(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "trainer.train", *FLAGS, "--out", str(run_dir)]
@@ -46,6 +49,7 @@ def test_sigterm_after_the_first_checkpoint_saves_says_how_to_resume_and_leaves_
     assert temp_files(run_dir) == []
 
 
+@pytest.mark.slow  # trains, or runs a subprocess, for seconds (tests/conftest.py: tiers)
 def test_a_checkpoint_past_the_file_size_limit_is_one_line_naming_the_limit(tmp_path: Path) -> None:
     """`ulimit -f` (RLIMIT_FSIZE) as a scheduler sets it: the first last.pt outgrows it. One line with
     what to raise and how to continue, exit 2, and the checkpoint's temporary file removed."""
