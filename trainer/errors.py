@@ -9,6 +9,7 @@ import os
 import reprlib
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -80,6 +81,30 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Within the block, Ctrl-C and SIGTERM wait and arrive as it ends: for a step that must not be
+    cut in two, such as creating a temporary file and renaming it, where a Terminated raised in
+    between would leave the file behind (seen: a SIGTERM right after mkstemp). Python runs signal
+    handlers in the main thread only, so elsewhere there is nothing to hold. Blocking the signals
+    (pthread_sigmask) would not do: the kernel hands them to another thread, torch's for one."""
+    held = (signal.SIGINT, signal.SIGTERM)
+    # None: a handler that C code installed, which Python could not put back
+    if threading.current_thread() is not threading.main_thread() or None in map(signal.getsignal, held):
+        yield
+        return
+    arrived: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: arrived.append(signum)) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(arrived):
+            if previous[signum] is not signal.SIG_IGN:
+                signal.raise_signal(signum)  # now handled as it would have been
 
 
 def exits_cleanly_on_user_error(main: F) -> F:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import UserError
+from trainer.errors import UserError, signals_held
 
 
 def temp_dir_beside(final: Path) -> Path:
@@ -39,20 +39,21 @@ def _temp_prefix(path: Path) -> str:
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
-    os.close(fd)
-    use_default_permissions(Path(tmp))
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        if err.filename is None:  # a write() that failed names no file: name the one it was for
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with signals_held():  # a signal between mkstemp and the rename would strand the temp file
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
+        try:
+            os.close(fd)
+            use_default_permissions(Path(tmp))
+            write(Path(tmp))
+            os.replace(tmp, path)
+        except OSError as err:
+            Path(tmp).unlink(missing_ok=True)
+            if err.filename is None:  # a write() that failed names no file: name the one it was for
+                raise OSError(err.errno, err.strerror, str(path)) from err
+            raise
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def remove_stale_temp_files(path: Path) -> None:
