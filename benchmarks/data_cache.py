@@ -31,34 +31,50 @@ PSS_PROCESSES = 4
 
 def write_pairs(root: Path, count: int, size: int) -> None:
     """Smooth RGB scenes with noise (PNG compresses them like photos, not like pure noise)."""
+    for side in ("A", "B"):
+        (root / side).mkdir(parents=True, exist_ok=True)
+    _on_every_core(_write_pair, [(root, i, size) for i in range(count)])
+
+
+def _write_pair(root: Path, i: int, size: int) -> None:
     import imageio.v3 as iio
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(i)
     grid = np.linspace(0, 1, size, dtype=np.float32)
-    for i in range(count):
-        phase = rng.uniform(0, 6.3, 3)
-        base = np.stack([np.sin(grid[:, None] * 6 + grid[None, :] * 4 + p) for p in phase], -1)
-        a = ((base * 0.4 + 0.5) * 255 + rng.normal(0, 8, (size, size, 3))).clip(0, 255).astype(np.uint8)
-        for side, image in (("A", a.mean(-1, keepdims=True).repeat(3, -1).astype(np.uint8)), ("B", a)):
-            (root / side).mkdir(parents=True, exist_ok=True)
-            iio.imwrite(root / side / f"p{i:05d}.png", image)
+    phase = rng.uniform(0, 6.3, 3)
+    base = np.stack([np.sin(grid[:, None] * 6 + grid[None, :] * 4 + p) for p in phase], -1)
+    a = ((base * 0.4 + 0.5) * 255 + rng.normal(0, 8, (size, size, 3))).clip(0, 255).astype(np.uint8)
+    for side, image in (("A", a.mean(-1, keepdims=True).repeat(3, -1).astype(np.uint8)), ("B", a)):
+        iio.imwrite(root / side / f"p{i:05d}.png", image)
 
 
 def write_subjects(root: Path, count: int, depth: int) -> None:
+    for side in ("A", "B", "mask"):
+        (root / side).mkdir(parents=True, exist_ok=True)
+    _on_every_core(_write_subject, [(root, i, depth) for i in range(count)])
+
+
+def _write_subject(root: Path, i: int, depth: int) -> None:
     import nibabel as nib
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(i)
     shape = (256, 256, depth)
     grid = np.stack(np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij"), -1)
     affine = np.diag([1.0, 1.0, 1.5, 1.0])
-    for i in range(count):
-        r = np.sqrt(((grid / np.array([0.8, 0.9, 1.1], np.float32) * (1 + 0.02 * i)) ** 2).sum(-1))
-        body, bone = r < 0.9, (r > 0.75) & (r < 0.9)
-        ct = np.where(body, 40, -1000) + 1000 * bone + rng.normal(0, 10, shape)
-        mr = np.abs(np.where(body, 600.0, 0.0) - 450 * bone + rng.normal(0, 15, shape)).astype(np.float32)
-        for side, values in (("A", mr), ("B", ct.astype(np.int16)), ("mask", body.astype(np.uint8))):
-            (root / side).mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(values, affine), root / side / f"s{i:03d}.nii.gz")
+    r = np.sqrt(((grid / np.array([0.8, 0.9, 1.1], np.float32) * (1 + 0.02 * (i % 12))) ** 2).sum(-1))
+    body, bone = r < 0.9, (r > 0.75) & (r < 0.9)
+    ct = np.where(body, 40, -1000) + 1000 * bone + rng.normal(0, 10, shape)
+    mr = np.abs(np.where(body, 600.0, 0.0) - 450 * bone + rng.normal(0, 15, shape)).astype(np.float32)
+    for side, values in (("A", mr), ("B", ct.astype(np.int16)), ("mask", body.astype(np.uint8))):
+        nib.save(nib.Nifti1Image(values, affine), root / side / f"s{i:03d}.nii.gz")
+
+
+def _on_every_core(function: object, arguments: list[tuple]) -> None:
+    """Writing the generated files is set-up, not a measured number: it may use every core."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
+        pool.starmap(function, arguments, chunksize=16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,6 +91,28 @@ def rss_anon_mb() -> float:
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class PeakRssAnon:
+    """The most RssAnon seen, sampled every 10 ms from a thread: the kernel keeps a peak of all
+    resident memory (VmHWM) but not of the process's own part, which a memory cap must hold."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_mb = rss_anon_mb()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.01):
+            self.peak_mb = max(self.peak_mb, rss_anon_mb())
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return self.peak_mb
 
 
 def pss_mb() -> float:
@@ -115,9 +153,7 @@ def worker(job: dict) -> dict:
         before = pss_mb()  # the interpreter, torch and trainer: not data
         data = load_run_data(cfg, None, save_split_file=False)
         for split in ("train", "val"):
-            images = data.splits[split]
-            for start in range(0, len(images), 64):
-                images.batch(torch.arange(start, min(start + 64, len(images))))
+            read_every_row(data.splits[split])
         Path(job["ready"]).touch()
         while len(list(Path(job["ready"]).parent.glob("ready-*"))) < PSS_PROCESSES:
             time.sleep(0.2)
@@ -125,7 +161,8 @@ def worker(job: dict) -> dict:
         time.sleep(2)  # the others measure while this one still maps the cache
         return {"pss_mb": pss, "data_pss_mb": pss - before}
     if job["kind"] == "throughput":
-        return throughput(cfg, job["steps"], tuple(job.get("modes", ("cached", "in_memory"))))
+        modes = tuple(job.get("modes", ("cached", "in_memory")))
+        return throughput(cfg, job["steps"], modes, job.get("sweep", False))
     raise ValueError(job["kind"])
 
 
@@ -133,8 +170,17 @@ def _bytes(data: object) -> int:
     return sum(x.nbytes for x in data.splits.values())
 
 
-def throughput(cfg: object, steps: int, modes: tuple[str, ...]) -> dict:
-    """Training steps and a validation pass on the mapped cache, then on the same arrays in memory."""
+def read_every_row(images: object) -> None:
+    import torch
+
+    for start in range(0, len(images), 64):
+        images.batch(torch.arange(start, min(start + 64, len(images))))
+
+
+def throughput(cfg: object, steps: int, modes: tuple[str, ...], sweep: bool = False) -> dict:
+    """Training steps and a validation pass on the mapped cache, then on the same arrays in memory.
+    `sweep`: read the whole training split first, as an epoch would, so that a memory cap smaller
+    than the split has evicted pages before the timed steps (and the steps pay for the misses)."""
     import dataclasses
 
     import torch
@@ -148,6 +194,10 @@ def throughput(cfg: object, steps: int, modes: tuple[str, ...]) -> dict:
         splits = data.splits
         if mode == "in_memory":
             splits = {s: dataclasses.replace(x, a=np.array(x.a), b=np.array(x.b)) for s, x in splits.items()}
+        if sweep:
+            started = time.perf_counter()
+            read_every_row(splits["train"])
+            results["sweep_seconds"] = round(time.perf_counter() - started, 1)
         torch.manual_seed(0)
         device = torch.device("cpu")
         G = build_generator(cfg.generator_config(data.in_channels, data.out_channels), device)
@@ -158,6 +208,7 @@ def throughput(cfg: object, steps: int, modes: tuple[str, ...]) -> dict:
         )  # fmt: skip
         generator = torch.Generator().manual_seed(0)
         order = torch.randperm(len(splits["train"]), generator=generator)
+        own = PeakRssAnon()
         started = time.perf_counter()
         for i in range(steps):
             a, b = training_batch(splits["train"], order[i * cfg.batch_size : (i + 1) * cfg.batch_size], cfg, generator)
@@ -169,7 +220,7 @@ def throughput(cfg: object, steps: int, modes: tuple[str, ...]) -> dict:
         results[mode] = {
             "train_images_per_s": round(train_rate, 2),
             "val_images_per_s": round(val_rate, 2),
-            "rss_anon_mb": round(rss_anon_mb()),  # cached: the process's own memory, which the capped run is given
+            "peak_rss_anon_mb": round(own.stop()),  # cached: the process's own memory, which the capped run is given
         }
     return results
 
@@ -194,6 +245,24 @@ def result_of(process: subprocess.Popen) -> dict:
     if process.returncode:
         raise SystemExit(f"a worker failed (exit {process.returncode})")
     return json.loads(out.strip().splitlines()[-1])
+
+
+def evict_from_page_cache(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def cgroup_peak_mb(group: Path) -> float:
+    """The most memory the group held at once (v2 memory.peak, v1 memory.max_usage_in_bytes)."""
+    for name in ("memory.peak", "memory.max_usage_in_bytes"):
+        if (group / name).exists():
+            return int((group / name).read_text()) / 1e6
+    return float("nan")
 
 
 def memory_cgroup(limit_bytes: int) -> Path | None:
@@ -251,28 +320,33 @@ def measure(name: str, data: Path, config: dict, work: Path, in_memory: bool, st
     # The cap: the process's own memory (torch, the networks, a validation batch's activations) and
     # half the decoded data, page cache included. For a set far larger than the process, that is half
     # its size; for the sizes this machine can write in minutes, the process's own ~1 GB would not fit.
-    own = rates["cached"]["rss_anon_mb"] * 1e6 * 1.1
+    own = rates["cached"]["peak_rss_anon_mb"] * 1e6 * 1.1
     limit = int(own + build["bytes"] / 2)
     cgroup = memory_cgroup(limit)
     if cgroup is None:
         print("no memory cgroup can be made here: the run capped at half the decoded size was not made")
         return
     try:
-        job = {"kind": "throughput", "config": config, "steps": steps, "modes": ["cached"]}
+        # Pages already in the page cache stay charged to whoever read them first: drop them, so that
+        # every page the capped run reads counts against its cap.
+        evict_from_page_cache(work / "cache")
+        job = {"kind": "throughput", "config": config, "steps": steps, "modes": ["cached"], "sweep": True}
         limited = run_worker(job, env, cgroup)
         out, _ = limited.communicate()
+        peak = cgroup_peak_mb(cgroup)
         if limited.returncode:
             print(
                 f"capped at {limit / 1e6:.0f} MB (its own {own / 1e6:.0f} MB and half the decoded size): "
                 f"the worker failed, exit {limited.returncode}"
             )
             return
-        capped = json.loads(out.strip().splitlines()[-1])["cached"]
-        share = capped["train_images_per_s"] / rates["in_memory"]["train_images_per_s"]
+        capped = json.loads(out.strip().splitlines()[-1])
+        share = capped["cached"]["train_images_per_s"] / rates["in_memory"]["train_images_per_s"]
         print(
             f"capped at {limit / 1e6:.0f} MB of memory, page cache included (its own {own / 1e6:.0f} MB and half "
-            f"the decoded {decoded_mb:.0f} MB; {cgroup}): "
-            f"completed; {json.dumps(capped)}: training at {share:.2f}x the in-memory images/s"
+            f"the decoded {decoded_mb:.0f} MB; {cgroup}): completed, peak use {peak:.0f} MB; read the whole "
+            f"training split in {capped['sweep_seconds']} s, then {json.dumps(capped['cached'])}: "
+            f"training at {share:.2f}x the in-memory images/s"
         )
     finally:
         cgroup.rmdir()
