@@ -206,6 +206,7 @@ def run_trials(
             fixed=spec.train,
             plateau=PlateauRule(spec.search.stop_patience, spec.search.plateau_window),
             image_every=spec.search.image_every,
+            experiment=place.path,
         )
         trainable = make_trainable(spec, settings)
         if run.resume:

@@ -106,6 +106,7 @@ def format_duration(seconds: float | None) -> str:
 UNSEARCHABLE = {
     "epochs": "epochs cannot be searched: ASHA's rungs and the end reasons use one fixed number; set train.epochs "
     "to a number or to auto (ASHA already gives weak trials fewer epochs)",
+    "init_generator": "init_generator cannot be searched: fix it in train, or let search.warm_start set it",
 }
 SPEC_FILE = "spec.yaml"  # the spec of a search, in its experiment folder
 # What a resumed search may change (orchestrator.trials.limits applies them over the saved search);
@@ -190,6 +191,12 @@ class SearchSettings:
         True,
         "after the paper's settings, run them once without the discriminator (gan_weight 0): the L1-only "
         "reference, never exported; turn off where the search varies or fixes gan_weight itself",
+    )
+
+    warm_start: bool = opt(
+        False,
+        "searched trials fine-tune the L1-only reference's best generator (they wait for it to end) with a "
+        "fresh discriminator, instead of starting from random weights; the references start from scratch",
     )
 
     def grace_epochs(self, epochs: int) -> int:
@@ -336,6 +343,15 @@ class SearchSpec:
         if isinstance(epochs, str) and epochs != AUTO_EPOCHS:
             raise UserError(f"{self.source}: train.epochs must be an integer or {AUTO_EPOCHS} (got {shown(epochs)})")
         TrainConfig.from_dict(self.fixed_settings(), source=self.source)
+        if self.search.warm_start and not self.runs_l1_reference:
+            raise UserError(
+                f"{self.source}: search.warm_start fine-tunes the L1-only reference, which this search does not run "
+                "(search.l1_reference is false, or gan_weight is searched or 0); turn warm_start off or run it"
+            )
+        if self.search.warm_start and self.train.get("init_generator"):
+            raise UserError(
+                f"{self.source}: train.init_generator and search.warm_start both say where G starts; keep one"
+            )
 
     def with_overrides(self, train: dict[str, Any], search: dict[str, Any]) -> SearchSpec:
         """CLI flags win over the file; the result is validated like the file was."""

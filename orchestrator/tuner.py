@@ -94,7 +94,8 @@ def checkpoint_config() -> tune.CheckpointConfig:
 
 def search_algorithm(spec: SearchSpec) -> SearchLimits:
     """TPE with the reference trials first, within the spec's number of trials and trials at once."""
-    searcher = ReferenceSearcher(make_searcher(spec), spec.runs_l1_reference)
+    warm_paper = spec.paper_point() if spec.search.warm_start else None
+    searcher = ReferenceSearcher(make_searcher(spec), spec.runs_l1_reference, warm_paper)
     return SearchLimits(searcher, spec.search.num_samples, spec.search.max_concurrent)
 
 
@@ -131,7 +132,7 @@ def search_callbacks(
         CheckpointRetention(endings, spec),
         LiveTrialTable(tuple(spec.space), epochs, endings),
         WandbTrialLogger(wandb_mode, wandb_project, name, str(out_dir), spec.train, epochs, endings),
-        StudyWriter(str(out_dir), name, spec.distributions(), epochs, endings),
+        StudyWriter(str(out_dir), name, spec.distributions(), epochs, endings, spec.search.warm_start),
     ]
 
 

@@ -106,6 +106,30 @@ class RunState:
         return cls(**{n: state.get(n) for n in names}, source=str(path))
 
 
+def starting_generator(path: str, gcfg: GeneratorConfig, split_hash: str) -> NetState:
+    """The scored generator weights of the checkpoint at `path` (TrainConfig.init_generator), for a
+    run that builds `gcfg` on the split `split_hash`: refused in one line when the network differs in
+    shape, or when the split does (the run's validation pairs would have been that run's training
+    pairs, and its val SSIM would flatter it)."""
+    state = RunState.load(Path(path))
+    theirs = GeneratorConfig.from_dict(state.generator_config, f"{path}: generator_config")
+    shape = ("in_channels", "out_channels", "size", "ngf")
+    differ = [name for name in shape if getattr(theirs, name) != getattr(gcfg, name)]
+    if differ:
+        mine = ", ".join(f"{name} {getattr(gcfg, name)}" for name in differ)
+        its = ", ".join(f"{name} {getattr(theirs, name)}" for name in differ)
+        raise UserError(
+            f"init_generator {path}: its generator has {its}, this run's {mine}; use a checkpoint of a run with "
+            "the same settings"
+        )
+    if state.split_hash != split_hash:
+        raise UserError(
+            f"init_generator {path}: was trained on another train/val/test split (hash {state.split_hash}, this "
+            f"run's {split_hash}); use a run on the same data and split_seed, or its val pairs would be trained on"
+        )
+    return state.generator().state_dict()  # the weights checked against their config first
+
+
 def saved_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(RunState) if f.name != "source"]
 

@@ -112,6 +112,11 @@ class TrainConfig:
     gan_weight: float = opt(1.0, "weight of the adversarial term; 0 = the L1-only baseline (no discriminator)")
 
     # optimisation
+    init_generator: str = opt(
+        "",
+        "start G from the generator of this checkpoint (a run's best_generator.pt, best.pt or last.pt, on the "
+        "same data, split, size and ngf), e.g. an L1-only run to fine-tune adversarially; D starts fresh",
+    )
     epochs: int = opt(20, "training epochs")
     lr_G: float = opt(2e-4, "generator Adam learning rate")
     lr_D: float = opt(2e-4, "discriminator Adam learning rate")

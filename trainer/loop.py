@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, RunState
+from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, RunState, starting_generator
 from trainer.compile_choice import compile_options, resolve_compile
 from trainer.config import GeneratorConfig, TrainConfig
 from trainer.data import PairedData, PairedImages, augment, load_run_data
@@ -393,6 +393,8 @@ def train(
     # --- models, optimizers, schedulers ---
     gcfg = cfg.generator_config(data.in_channels, data.out_channels)
     G = build_generator(gcfg, device, use_channels_last(cfg, device))
+    if cfg.init_generator:  # a resume overwrites it below with the run's own latest weights
+        G.load_state_dict(starting_generator(cfg.init_generator, gcfg, data.split_hash))
     opt_G = build_optimizer(G, cfg.lr_G, cfg)
     sched_G = build_scheduler(opt_G, cfg)
     D = opt_D = sched_D = None

@@ -39,7 +39,7 @@ from ray import tune
 from orchestrator.outcomes import METRIC, Ending, EndReason, end_reason, error_line
 from orchestrator.results import saved_best
 from orchestrator.trials.endings import TrialEndings
-from orchestrator.trials.references import is_l1_reference
+from orchestrator.trials.references import INIT_GENERATOR, in_study
 from orchestrator.trials.trainable import read_panel
 
 STUDY_FILE = "optuna.db"
@@ -78,9 +78,11 @@ class StudyWriter(tune.Callback):
         distributions: dict[str, optuna.distributions.BaseDistribution],
         epochs: int,
         endings: TrialEndings,
+        warm_start: bool = False,
     ) -> None:
         self.experiment_dir, self.study_name = experiment_dir, study_name
         self.distributions, self.epochs, self.endings = distributions, epochs, endings
+        self.warm_start = warm_start  # the paper reference is kept from TPE too (orchestrator.trials.references)
         self._epochs: dict[str, dict[int, float]] = {}  # trial id -> epoch -> val SSIM
         self._started: dict[str, float] = {}
         self._ended: dict[str, float] = {}
@@ -134,8 +136,10 @@ class StudyWriter(tune.Callback):
         artifact_dir.mkdir(parents=True, exist_ok=True)
         store = optuna.artifacts.FileSystemArtifactStore(str(artifact_dir))
         # Tune calls on_trial_complete before it marks the trial TERMINATED: its status cannot tell.
-        # The L1-only reference is no point of the space: TPE never saw it, and it is never exported.
-        ended = [t for t in trials if t.trial_id in self._ended and not is_l1_reference(t.config, self.distributions)]
+        # The L1-only reference (with warm_start, both references) is no point of the space: TPE never saw it.
+        ended = [
+            t for t in trials if t.trial_id in self._ended and in_study(t.config, self.distributions, self.warm_start)
+        ]
         snapshot = []
         for trial in sorted(ended, key=lambda t: self._started.get(t.trial_id, self._ended[t.trial_id])):
             if trial.trial_id not in self._artifacts and trial.trial_id in self._panels:
@@ -158,6 +162,8 @@ class StudyWriter(tune.Callback):
             user_attrs.update(best_val_ssim=best, best_epoch=best_epoch)
         if failed:
             user_attrs["error"] = error_line(trial.get_error())
+        if INIT_GENERATOR in trial.config:  # a fine-tune: what it started from ("" : random weights)
+            user_attrs[INIT_GENERATOR] = trial.config[INIT_GENERATOR]
         if trial.trial_id in self.endings.retries:  # attempts that failed and Tune ran again
             user_attrs["retries"] = self.endings.retries[trial.trial_id]
         params = {k: v for k, v in trial.config.items() if k in self.distributions}

@@ -7,6 +7,7 @@ ends a trial itself when its val SSIM has stopped improving (the plateau stop).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 from ray import tune
 
 from orchestrator.trials.plateau import PlateauRule
+from orchestrator.trials.references import INIT_GENERATOR
 from trainer.checkpoint import BEST_GENERATOR, LAST, RunState
 from trainer.config import TrainConfig
 from trainer.data import SPLIT_FILE, load_run_data, png_bytes
@@ -33,6 +35,7 @@ DIVERGED_MARKER = "DIVERGED"  # a diverged run diverges again: retries fail at o
 PANEL_SAMPLES = 4  # fixed val pairs shown in W&B panels, the same ones every epoch
 PANEL_FILE = "val_samples.png"  # input | output | target rows, saved with the checkpoint
 SCRATCH_PREFIX = "pix2pix-trial-"
+WARM_START_FILE = "warm_start.pt"  # a warm-started trial's starting generator, in its run folder
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class TrialSettings:
     fixed: dict[str, Any]
     plateau: PlateauRule
     image_every: int
+    experiment: str = ""  # the experiment folder or URI: warm-started trials fetch their start from it
 
 
 def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
@@ -63,6 +67,9 @@ def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     try:
+        if params.get(INIT_GENERATOR):  # "": the reference failed and this fine-tune starts from scratch
+            start = fetch_start(settings.experiment, params[INIT_GENERATOR], run_dir)
+            cfg = dataclasses.replace(cfg, init_generator=str(start))
         with allocation_failures_named(cfg):  # the trial's error: one line saying what to lower
             train_and_report(cfg, run_dir, settings)
     except TrainingDiverged as err:
@@ -70,6 +77,16 @@ def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
         raise
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def fetch_start(experiment: str, source: str, run_dir: Path) -> Path:
+    """The generator a warm-started trial starts from: the best generator in the checkpoint `source`
+    (a folder within the experiment, orchestrator.trials.references), copied from the experiment's
+    storage, local or remote, into the run folder."""
+    start = run_dir / WARM_START_FILE
+    with tune.Checkpoint(f"{experiment}/{source}").as_directory() as folder:
+        shutil.copyfile(Path(folder) / BEST_GENERATOR, start)
+    return start
 
 
 def scratch_dir(trial_id: str) -> Path:
@@ -84,6 +101,7 @@ def train_and_report(cfg: TrainConfig, run_dir: Path, settings: TrialSettings) -
     curve = [row["val_ssim"] for row in RunState.load(run_dir / LAST).history] if resume else []
     node_id = ray.get_runtime_context().get_node_id()
     gpu_ids = ",".join(str(i) for i in ray.get_gpu_ids())  # the GPUs Ray gave this trial on its node; "" on CPU
+    trial_dir_name = Path(tune.get_context().get_trial_dir()).name
     data = load_run_data(cfg, run_dir)
     val = data.splits["val"]
     panel_inputs, panel_targets = val.batch(torch.arange(min(PANEL_SAMPLES, len(val))))
@@ -95,6 +113,7 @@ def train_and_report(cfg: TrainConfig, run_dir: Path, settings: TrialSettings) -
         metrics["plateau_stop"] = int(plateaued)
         metrics["node_id"] = node_id
         metrics["gpu_ids"] = gpu_ids
+        metrics["trial_dir_name"] = trial_dir_name  # with Tune's checkpoint_dir_name: where a warm start reads
         panel = None
         if result.epoch % settings.image_every == 0 or result.epoch == cfg.epochs:
             outputs = translate(result.generator, panel_inputs)

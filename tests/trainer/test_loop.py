@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, RunState, load_torch
-from trainer.config import TrainConfig
+from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, RunState, load_torch, starting_generator
+from trainer.config import GeneratorConfig, TrainConfig
 from trainer.ema import GeneratorEma
-from trainer.errors import TrainingDiverged
+from trainer.errors import TrainingDiverged, UserError
 from trainer.loop import (
     LOSS_NAMES,
     build_scheduler,
@@ -138,6 +138,22 @@ def test_l1_only_trains_without_a_discriminator(tiny_config: MakeConfig, tmp_pat
     assert state["D"] is None and state["opt_D"] is None
     with_gan = next(train(tiny_config(), tmp_path / "gan"))
     assert set(with_gan.losses) == set(LOSS_NAMES)
+
+
+@pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
+def test_init_generator_starts_g_from_another_runs_generator(tiny_config: MakeConfig, tmp_path: Path) -> None:
+    """What a warm-started search trial does: fine-tune an L1-only run's best generator with a fresh D."""
+    l1 = list(train(tiny_config(epochs=2, gan_weight=0.0), tmp_path / "l1"))
+    start = tmp_path / "l1" / BEST_GENERATOR
+    tuned = next(train(tiny_config(init_generator=str(start)), tmp_path / "tuned"))
+    scratch = next(train(tiny_config(), tmp_path / "scratch"))
+    assert set(tuned.losses) == set(LOSS_NAMES), "a fresh discriminator trains beside the loaded generator"
+    assert tuned.val["val_ssim"] > max(scratch.val["val_ssim"], l1[0].val["val_ssim"])
+    with pytest.raises(UserError, match=r"init_generator .*: its generator has ngf 8, this run's ngf 16"):
+        next(train(tiny_config(init_generator=str(start), ngf=16), tmp_path / "wider"))
+    gcfg = RunState.load(start).generator_config
+    with pytest.raises(UserError, match="trained on another train/val/test split"):
+        starting_generator(str(start), GeneratorConfig(**gcfg), "another split")
 
 
 @pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
