@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,16 +70,25 @@ def resolve_root(data: str) -> Path:
     return root
 
 
+def _listed_files(folder: Path) -> list[Path]:
+    """The files of a folder (links to files included), sorted by name. scandir knows each entry's
+    type without a stat, and names sort much faster than Paths: a set of 20,000 pairs is listed in
+    a fraction of a second."""
+    with os.scandir(folder) as entries:
+        names = sorted(entry.name for entry in entries if entry.is_file())
+    return [folder / name for name in names]
+
+
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [p for p in _listed_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def _named_files(folder: Path) -> dict[str, Path]:
     """name -> file for the images and NIfTI volumes of an A/, B/ or mask/ folder."""
     files = {}
-    for path in sorted(folder.iterdir()):
+    for path in _listed_files(folder):
         name = volume_stem(path) or (path.stem if path.suffix.lower() in IMAGE_SUFFIXES else None)
-        if path.is_file() and name is not None:
+        if name is not None:
             if name in files:
                 raise UserError(f"{path}: same name as {files[name].name}; one name must be one pair (one subject)")
             files[name] = path
