@@ -196,8 +196,16 @@ class SearchSettings:
     warm_start: bool = opt(
         False,
         "searched trials fine-tune the L1-only reference's best generator (they wait for it to end) with a "
-        "fresh discriminator, instead of starting from random weights; the references start from scratch",
+        "fresh discriminator, instead of starting from random weights; the references start from scratch and "
+        "are kept out of ASHA's rungs, whatever rank_references says",
     )
+
+    @property
+    def references_apart(self) -> bool:
+        """Whether ASHA leaves the reference trials alone. Always with warm_start: every fine-tune starts
+        from the L1-only reference's best generator, so ASHA must not stop it in its first epochs, and
+        trials from random weights and from trained ones cannot share one rung's cut-off."""
+        return self.warm_start or not self.rank_references
 
     def grace_epochs(self, epochs: int) -> int:
         """ASHA's grace period for trials of `epochs` epochs."""

@@ -71,7 +71,7 @@ def make_scheduler(spec: SearchSpec, epochs: int, metric: str = METRIC) -> ASHAS
         "grace_period": spec.search.grace_epochs(epochs),
         "reduction_factor": spec.search.reduction_factor,
     }
-    return ASHAScheduler(**asha) if spec.search.rank_references else ReferencesApart(spec, **asha)
+    return ReferencesApart(spec, **asha) if spec.search.references_apart else ASHAScheduler(**asha)
 
 
 def make_trainable(spec: SearchSpec, settings: TrialSettings) -> Any:

@@ -1,4 +1,5 @@
-"""ASHA with the reference trials kept out of its rungs (`search.rank_references: false`).
+"""ASHA with the reference trials kept out of its rungs (`search.rank_references: false`, or
+`search.warm_start`).
 
 ASHA stops a trial whose val SSIM at a rung falls below the top 1/reduction_factor of what the trials
 that reached that rung recorded. The L1-only reference (orchestrator.trials.references) learns faster

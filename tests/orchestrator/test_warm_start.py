@@ -17,6 +17,8 @@ from search_cli import TINY
 from orchestrator import search
 from orchestrator.spec import load_spec
 from orchestrator.trials.references import INIT_GENERATOR, L1_ONLY, PAPER, ReferenceSearcher, kind_of
+from orchestrator.trials.rungs import ReferencesApart
+from orchestrator.tuner import make_scheduler
 from trainer.errors import UserError
 
 PAPER_POINT = {"lambda_l1": 100.0, "lr_G": 2e-4}
@@ -84,6 +86,13 @@ def test_warm_start_without_an_l1_reference_is_one_line(tmp_path: Path, lines: s
         load_spec(spec)
 
 
+def test_warm_start_keeps_the_references_out_of_ashas_rungs(tmp_path: Path) -> None:
+    spec = tmp_path / "warm.yaml"
+    spec.write_text(TINY.read_text().replace("  seed: 0\n", "  seed: 0\n  warm_start: true\n  rank_references: true\n"))
+    assert isinstance(make_scheduler(load_spec(spec), epochs=3), ReferencesApart)
+    assert not isinstance(make_scheduler(load_spec(TINY), epochs=3), ReferencesApart)
+
+
 def test_warm_start_needs_a_generator_to_start_from(tmp_path: Path) -> None:
     spec = tmp_path / "warm.yaml"
     spec.write_text(
@@ -108,6 +117,7 @@ def test_a_warm_started_search_and_its_resume(ray_session, tmp_path: Path) -> No
     kinds = {t["trial_id"]: kind_of(t["params"], spec) for t in trials}
     assert sorted(kinds.values()) == sorted([L1_ONLY, PAPER, "searched", "searched"])
     l1 = next(t for t in trials if kinds[t["trial_id"]] == L1_ONLY)
+    assert len(l1["history"]) == 3, "ASHA leaves alone the reference that every fine-tune starts from"
     tunes = [t for t in trials if kinds[t["trial_id"]] == "searched"]
     assert all(INIT_GENERATOR not in t["params"] for t in trials if kinds[t["trial_id"]] != "searched")
     sources = {t["params"][INIT_GENERATOR] for t in tunes}
