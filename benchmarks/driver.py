@@ -320,7 +320,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--reuse-actors",
         dest="reuse_actors",
         action="store_true",
-        help="run later trials in the first trials' worker processes (Tune's reuse_actors; the search does not)",
+        help="run later trials in the first trials' worker processes (Tune's reuse_actors), as the search does",
     )
     p.add_argument(
         "--callbacks",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ import optuna
 import pytest
 import torch
 import yaml
-from search_cli import ROOT, TINY, result_lines, search_command, search_env
+from search_cli import ROOT, TINY, search_command, search_env
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from orchestrator import search
@@ -266,92 +264,6 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(ray_sess
         )
         for t in summary["trials"]
     }
-
-
-def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path) -> None:
-    command = search_command(tmp_path, "killed", "--wandb", "off", "--max-concurrent", "1", "--stop-patience", "0")
-    env = search_env()
-    driver = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    experiment = tmp_path / "killed"
-    deadline = time.time() + 240
-    # Kill once one trial has finished all its epochs and another has started.
-    while time.time() < deadline:
-        lines = result_lines(experiment)
-        if any(n == 3 for n in lines.values()) and len(lines) >= 2:
-            break
-        assert driver.poll() is None, "the search ended before it could be killed"
-        time.sleep(0.5)
-    else:
-        pytest.fail("no trial finished in time")
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, as in a crash
-    driver.wait()
-    finished_before = {t: n for t, n in result_lines(experiment).items() if n == 3}
-    # The study was written as trials ended: the killed driver left the finished trial, none running.
-    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}")
-    assert study.trials and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-
-    resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    summary = json.loads((experiment / "summary.json").read_text())
-    ids = [t["trial_id"] for t in summary["trials"]]
-    assert len(ids) == len(set(ids)) == load_spec(TINY).search.num_samples
-    after = result_lines(experiment)
-    for trial, n in finished_before.items():
-        assert after[trial] == n, f"finished trial {trial} was run again"
-    # The reference searcher's state came back too: one L1-only reference, and it is not in the study.
-    (l1_only,) = [t["trial_id"] for t in summary["trials"] if "gan_weight" in t["params"]]
-    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}")
-    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(i for i in ids if i != l1_only)
-
-
-def test_ctrl_c_stops_cleanly_and_the_printed_command_finishes_the_search(tmp_path: Path) -> None:
-    """A real SIGINT to the driver's process group, as a terminal's Ctrl-C sends it, once a trial
-    has reported an epoch: exit 130, nothing exported, the trials recorded as interrupted, and the
-    printed command continues the search to its end with this run's W&B mode (off, not offline) and
-    number of trials (3, not 2)."""
-    # Without the L1-only reference, which the study leaves out: both trials are the study's.
-    flags = ["--wandb", "offline", "--num-samples", "2", "--epochs", "4", "--stop-patience", "0", "--no-l1-reference"]
-    command = search_command(tmp_path, "ctrl-c", *flags)
-    env = search_env()
-    driver = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    experiment = tmp_path / "ctrl-c"
-    deadline = time.time() + 240
-    while not result_lines(experiment) and time.time() < deadline:
-        assert driver.poll() is None, "the search ended before it could be interrupted"
-        time.sleep(0.2)
-    os.killpg(driver.pid, signal.SIGINT)
-    stdout, stderr = driver.communicate(timeout=120)
-    assert driver.returncode == 130, stderr[-2000:]
-    assert "Traceback" not in stderr and not (experiment / "best").exists()
-    summary = json.loads((experiment / "summary.json").read_text())
-    assert summary["state"] == "interrupted" and summary["best"] is None
-    interrupted = [t for t in summary["trials"] if t["status"] == "interrupted"]
-    assert interrupted and all("--resume continues it" in t["reason"] for t in interrupted)
-    study = optuna.load_study(study_name="ctrl-c", storage=f"sqlite:///{experiment / 'optuna.db'}")
-    pruned = {t.user_attrs["trial_id"] for t in study.trials if t.state == optuna.trial.TrialState.PRUNED}
-    assert pruned == {t["trial_id"] for t in interrupted}
-    wandb_runs = sorted(p.name for p in (experiment / "wandb").glob("offline-run-*"))
-
-    resume = stderr.strip().splitlines()[-1].split()
-    assert resume[:3] == ["python", "-m", "orchestrator.search"] and "--resume" in resume
-    # W&B mode and the number of trials may change on a resume; the study's sampler goes on where it was.
-    more = ["--wandb", "off", "--num-samples", "3", "--max-concurrent", "3"]
-    resumed = subprocess.run(
-        [sys.executable, *resume[1:], *more], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming with --num-samples 3 (was 2)" in resumed.stdout
-    assert "resuming with --max-concurrent 3 (was 2)" in resumed.stdout
-    saved = load_spec(experiment / "spec.yaml").search
-    assert (saved.num_samples, saved.max_concurrent) == (3, 3)
-    summary = json.loads((experiment / "summary.json").read_text())
-    assert summary["state"] == "finished" and summary["best"] is not None
-    assert len(summary["trials"]) == 3 and all(t["status"] != "interrupted" for t in summary["trials"])
-    assert sorted(p.name for p in (experiment / "wandb").glob("offline-run-*")) == wandb_runs
 
 
 @pytest.mark.parametrize(
