@@ -50,6 +50,12 @@ def test_every_trial_is_accounted_for_and_in_the_space(finished_search: Path) ->
         assert len(trial["history"]) == trial["epochs"]
 
 
+def test_later_trials_run_in_the_worker_processes_of_ended_ones(finished_search: Path) -> None:
+    """Tune's reuse_actors: 4 trials, 2 at a time, in 2 processes (no torch import per trial)."""
+    pids = {json.loads(p.read_text().splitlines()[0])["pid"] for p in finished_search.glob("run_trial_*/result.json")}
+    assert len(pids) == load_spec(TINY).search.max_concurrent, pids
+
+
 def test_early_stopping_ends_some_trials_before_the_last_epoch(finished_search: Path) -> None:
     summary = json.loads((finished_search / "summary.json").read_text())
     stopped = [t for t in summary["trials"] if t["status"] in ("stopped_asha", "stopped_plateau")]
