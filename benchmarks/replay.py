@@ -37,7 +37,6 @@ from benchmarks.standin_trial import CurveRow, ReplaySettings, run_replay_trial
 from orchestrator.cluster import start_ray
 from orchestrator.driver import QUIET_ENV
 from orchestrator.spec import SearchSpec, load_spec, save_spec
-from orchestrator.trials.plateau import PlateauRule
 from orchestrator.trials.ray_output import result_loggers
 from orchestrator.trials.references import reference_of
 from orchestrator.tuner import make_scheduler, search_algorithm
@@ -100,7 +99,7 @@ def replay_search(
     settings = ReplaySettings(
         rows=tuple(rows),
         scales=space_scales(spec),
-        plateau=PlateauRule(spec.search.stop_patience, spec.search.plateau_window),
+        plateau=spec.plateau_rule(),
         epoch_seconds=epoch_seconds,
     )
     tuner = tune.Tuner(

@@ -204,7 +204,7 @@ def run_method(method: Method, spec: SearchSpec, storage: Path, name: str) -> Ou
     epochs = spec.trial_config({}).epochs
     settings = TrialSettings(
         fixed=spec.train,
-        plateau=PlateauRule(spec.search.stop_patience if method.early_stopping else 0, spec.search.plateau_window),
+        plateau=spec.plateau_rule() if method.early_stopping else PlateauRule(0),
         image_every=epochs,
     )
     endings = TrialEndings(0.0, storage / name, SearchStop())

@@ -38,7 +38,6 @@ from orchestrator.tracking.runs import (
     wandb_hint,
 )
 from orchestrator.trials.endings import SearchStop, TrialEndings, signals_stop_the_search
-from orchestrator.trials.plateau import PlateauRule
 from orchestrator.trials.ray_output import RAY_LOG, route_ray_logs
 from orchestrator.trials.study import ARTIFACT_DIR, STUDY_FILE, dashboard_command
 from orchestrator.trials.trainable import TrialSettings, scratch_dir
@@ -204,7 +203,7 @@ def run_trials(
     try:
         settings = TrialSettings(
             fixed=spec.train,
-            plateau=PlateauRule(spec.search.stop_patience, spec.search.plateau_window),
+            plateau=spec.plateau_rule(),
             image_every=spec.search.image_every,
             experiment=place.path,
         )

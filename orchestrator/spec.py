@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 import yaml
 
+from orchestrator.trials.plateau import PlateauRule
 from trainer.config import TrainConfig, config_from_dict, opt, trainer_parameter_names
 from trainer.errors import UserError, cut, shown
 from trainer.files import write_atomic_text
@@ -165,6 +166,12 @@ class SearchSettings:
         "plateau stop: judge the median val SSIM of a trial's last N epochs, not each epoch's own (1), so that "
         "one lucky epoch of a noisy GAN curve does not start the patience count",
     )
+    rules_for_epochs: int = opt(
+        8,
+        "grace_period, stop_patience and plateau_window suit trials of this many epochs; with train.epochs: auto, "
+        "trials of more epochs (a small training split) get all three scaled in proportion, so that many short, "
+        "noisy epochs are not judged one by one (0 = never scale)",
+    )
     image_every: int = opt(2, "epochs between sample-image panels in W&B and the study")
     max_failures: int = opt(2, "retries of a crashed trial, each from its last checkpoint")
     startup_trials: int = opt(3, "TPE: random trials before the model-based sampling starts")
@@ -207,11 +214,12 @@ class SearchSettings:
         trials from random weights and from trained ones cannot share one rung's cut-off."""
         return self.warm_start or not self.rank_references
 
-    def grace_epochs(self, epochs: int) -> int:
-        """ASHA's grace period for trials of `epochs` epochs."""
+    def grace_epochs(self, epochs: int, scale: int = 1) -> int:
+        """ASHA's grace period for trials of `epochs` epochs, `scale` epochs counting as one
+        (SearchSpec.stop_scale)."""
         if self.grace_fraction > 0:
             return max(1, round(self.grace_fraction * epochs))
-        return min(self.grace_period, epochs)
+        return min(self.grace_period * scale, epochs)
 
     def __post_init__(self) -> None:
         for name in (
@@ -220,7 +228,7 @@ class SearchSettings:
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise UserError(f"search.{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("stop_patience", "max_failures", "startup_trials", "time_budget"):
+        for name in ("stop_patience", "max_failures", "startup_trials", "time_budget", "rules_for_epochs"):
             if getattr(self, name) < 0:
                 raise UserError(f"search.{name} must be >= 0 (got {getattr(self, name)})")
         if not 0 <= self.grace_fraction <= 1:
@@ -334,16 +342,35 @@ class SearchSpec:
         epochs = max(self.search.grace_period, cfg.epochs_to_see(self.search.min_train_images, train_images))
         return dataclasses.replace(self, train={**self.train, "epochs": epochs}, auto_train_images=train_images)
 
+    @property
+    def stop_scale(self) -> int:
+        """How many epochs count as one in the stopping rules (grace period, plateau patience and
+        window): with epochs: auto, a trial's epochs over search.rules_for_epochs; 1 otherwise."""
+        if self.auto_train_images is None or not self.search.rules_for_epochs:
+            return 1
+        return max(1, round(self.trial_config({}).epochs / self.search.rules_for_epochs))
+
+    def plateau_rule(self) -> PlateauRule:
+        scale = self.stop_scale
+        return PlateauRule(self.search.stop_patience * scale, self.search.plateau_window * scale)
+
     def describe_epochs(self) -> str:
         """How long a full trial is, and why, in a few words (the start line and the summary)."""
         cfg = self.trial_config({})
         if self.auto_train_images is None:
             return f"{cfg.epochs} epochs"
         per_epoch = cfg.steps_per_epoch(self.auto_train_images) * cfg.batch_size
-        return (
+        described = (
             f"{cfg.epochs} epochs (auto: {per_epoch} of {self.auto_train_images} training pairs an epoch, "
             f"at least {self.search.min_train_images} a trial and {self.search.grace_period} epochs)"
         )
+        if self.stop_scale > 1:
+            rule, grace = self.plateau_rule(), self.search.grace_epochs(cfg.epochs, self.stop_scale)
+            described += (
+                f", judged in steps of {self.stop_scale} epochs: grace {grace}, plateau patience {rule.patience}, "
+                f"window {rule.window}"
+            )
+        return described
 
     def check_fixed_settings(self) -> None:
         """The fixed settings alone must form a valid config; epochs a number or auto."""

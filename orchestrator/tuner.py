@@ -68,7 +68,7 @@ def make_scheduler(spec: SearchSpec, epochs: int, metric: str = METRIC) -> ASHAS
         "metric": metric,
         "mode": MODE,
         "max_t": epochs,
-        "grace_period": spec.search.grace_epochs(epochs),
+        "grace_period": spec.search.grace_epochs(epochs, spec.stop_scale),
         "reduction_factor": spec.search.reduction_factor,
     }
     return ReferencesApart(spec, **asha) if spec.search.references_apart else ASHAScheduler(**asha)

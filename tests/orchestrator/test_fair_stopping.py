@@ -1,6 +1,7 @@
-"""Early stopping that is fair to adversarial trials (issue 22), each an option that defaults off:
-reference trials kept out of ASHA's rungs, a plateau rule on a smoothed val curve, a grace period
-from the epochs a trial gets; and a space that searches gan_weight, 0 included."""
+"""Early stopping that is fair to adversarial trials (issue 22): reference trials kept out of ASHA's
+rungs, a plateau rule on a smoothed val curve, a grace period from the epochs a trial gets (options
+that default off), stopping rules that scale with `epochs: auto` (on by default); and a space that
+searches gan_weight, 0 included."""
 
 from __future__ import annotations
 
@@ -31,6 +32,25 @@ def test_the_plateau_rule_with_a_window_of_one_is_the_trainers_best_epoch_rule()
     curve = [0.1, 0.3, 0.2, 0.3, 0.25]  # best epoch 2 (the first 0.3): 3 epochs since
     assert PlateauRule(3).stops(curve) and not PlateauRule(4).stops(curve)
     assert not PlateauRule(0).stops(curve), "patience 0 never stops"
+
+
+def test_with_epochs_auto_a_small_training_split_scales_grace_patience_and_window() -> None:
+    """default.yaml's rules (grace 2, patience 3, window 1) suit its 8-epoch trials; on 44 training
+    pairs (builtin:colorize) epochs: auto gives 192 epochs of 2 steps, judged in steps of 24 epochs."""
+    spec = load_spec(SHIPPED_SPECS / "default.yaml")
+    assert spec.search.rules_for_epochs == 8 and spec.epochs_auto
+    glyphs = spec.with_epochs_for(768)
+    assert glyphs.stop_scale == 1 and glyphs.plateau_rule() == PlateauRule(3, 1)
+    assert glyphs.search.grace_epochs(8, glyphs.stop_scale) == 2
+    small = spec.with_epochs_for(44)
+    assert small.trial_config({}).epochs == 192 and small.stop_scale == 24
+    assert small.plateau_rule() == PlateauRule(72, 24) and small.search.grace_epochs(192, small.stop_scale) == 48
+    assert "judged in steps of 24 epochs: grace 48, plateau patience 72, window 24" in small.describe_epochs()
+    # Epochs a person chose, or scaling turned off: the rules count plain epochs.
+    fixed = spec.with_overrides({"epochs": 192}, {})
+    assert fixed.stop_scale == 1 and fixed.plateau_rule() == PlateauRule(3, 1)
+    plain = spec.with_overrides({}, {"rules_for_epochs": 0}).with_epochs_for(44)
+    assert plain.stop_scale == 1 and plain.search.grace_epochs(192, plain.stop_scale) == 2
 
 
 def test_a_smoothed_plateau_rule_ignores_one_lucky_epoch_of_a_climbing_curve() -> None:
