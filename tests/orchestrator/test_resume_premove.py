@@ -10,10 +10,14 @@ from pathlib import Path
 
 from search_cli import ROOT, search_command, search_env
 
+from orchestrator import search
+
 STORED = ROOT / "tests" / "data" / "premove-experiment.tar.gz"  # made by tests/data/premove.yaml, then Ctrl-C
 
 
-def test_a_search_started_before_the_layout_move_resumes_with_its_trials_and_one_more(tmp_path: Path) -> None:
+def test_a_search_started_before_the_layout_move_resumes_with_its_trials_and_one_more(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     with tarfile.open(STORED) as tar:
         tar.extractall(tmp_path, filter="data")
     folder = tmp_path / "premove"
@@ -35,9 +39,10 @@ def test_a_search_started_before_the_layout_move_resumes_with_its_trials_and_one
     assert "interrupted" not in statuses.values()  # the interrupted trial was continued
     assert (folder / "best" / "model_card.json").is_file()
 
-    # Resumed again, the finished search says so and changes nothing.
+    # Resumed again (in this process: it ends before Ray starts), the finished search says so and
+    # changes nothing.
     finished = (folder / "summary.json").read_bytes()
-    again = subprocess.run(resume, env=search_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "this search is complete (4 trials); nothing to resume" in again.stdout
+    monkeypatch.chdir(tmp_path)
+    assert search.main(resume[3:]) == 0
+    assert "this search is complete (4 trials); nothing to resume" in capsys.readouterr().out
     assert (folder / "summary.json").read_bytes() == finished

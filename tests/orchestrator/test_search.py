@@ -408,7 +408,7 @@ def test_bad_spec_from_the_command_line_has_no_traceback(tmp_path: Path) -> None
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_remote_storage_uri_gets_the_export_next_to_tunes_results(tmp_path: Path) -> None:
+def test_remote_storage_uri_gets_the_export_next_to_tunes_results(tmp_path: Path, monkeypatch, capsys) -> None:
     """A storage URI (file:// here, s3:// on a cluster): our outputs are made locally, then uploaded."""
     store = tmp_path / "store"
     done = subprocess.run(
@@ -424,13 +424,7 @@ def test_remote_storage_uri_gets_the_export_next_to_tunes_results(tmp_path: Path
     for name in ("best/model_card.json", "best/generator.pt", "summary.json", "report.html", "optuna.db"):
         assert (store / "remote" / name).is_file(), name
     assert (tmp_path / "experiments" / "remote" / "summary.json").is_file()  # the local copy
-    # The same name again without --resume: refused before Ray starts, as for a local folder.
-    again = subprocess.run(
-        search_command(f"file://{store}", "remote", "--wandb", "off"),
-        cwd=tmp_path,
-        env=search_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert again.returncode == 2 and "already exists; pass --resume" in again.stderr, again.stderr[-2000:]
+    # The same name again without --resume (in this process): refused before Ray starts, as for a local folder.
+    monkeypatch.chdir(tmp_path)
+    assert run_search(f"file://{store}", "--name", "remote") == 2
+    assert "already exists; pass --resume" in capsys.readouterr().err
