@@ -17,6 +17,16 @@ def search_command(storage: str | Path, name: str, *flags: str, config: Path = T
     ]  # fmt: skip
 
 
+def search_exit_code(argv: list[str]) -> int:
+    """`orchestrator.search.main` in this process, as its exit code (a refusal may come as SystemExit)."""
+    from orchestrator import search
+
+    try:
+        return search.main(argv)
+    except SystemExit as exit_:
+        return int(exit_.code)
+
+
 def search_env(**extra: str) -> dict[str, str]:
     """This process's environment (PIX2PIX_CACHE, WANDB_MODE, ...) with the project importable."""
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-from search_cli import ROOT, TINY, result_lines, search_command, search_env
+from search_cli import ROOT, TINY, result_lines, search_command, search_env, search_exit_code
 
 from orchestrator import search
 from orchestrator.spec import load_spec
@@ -51,7 +51,7 @@ def test_sigterm_then_ctrl_c_stop_cleanly_a_second_driver_is_refused_and_the_pri
     wait_for_a_result(driver, experiment)
     # In this process, not a new one: refused before Ray starts, while the trials still run.
     for extra, refusal in (((), "already exists"), (("--resume",), "another search driver is running")):
-        assert main_exit_code([*search_command(tmp_path, "stops", *flags, *extra)[3:]]) == 2
+        assert search_exit_code([*search_command(tmp_path, "stops", *flags, *extra)[3:]]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert refusal in line and "stops" in line, line
 
@@ -83,13 +83,6 @@ def test_sigterm_then_ctrl_c_stop_cleanly_a_second_driver_is_refused_and_the_pri
     assert summary["state"] == "finished" and summary["best"] is not None
     assert len(summary["trials"]) == 3 and all(t["status"] != "interrupted" for t in summary["trials"])
     assert list((experiment / "wandb").glob("offline-run-*")), "the last resume logged to W&B offline"
-
-
-def main_exit_code(argv: list[str]) -> int:
-    try:
-        return search.main(argv)
-    except SystemExit as exit_:
-        return int(exit_.code)
 
 
 def stopped(driver: subprocess.Popen, sig: signal.Signals, code: int) -> str:

@@ -14,7 +14,7 @@ import optuna
 import pytest
 import torch
 import yaml
-from search_cli import ROOT, TINY, search_command, search_env
+from search_cli import ROOT, TINY, search_command, search_env, search_exit_code
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from orchestrator import search
@@ -26,10 +26,7 @@ from trainer.export import CARD, ONNX, SAMPLES, WEIGHTS, load_generator
 
 
 def run_search(tmp_path: Path, *extra: str) -> int:
-    try:
-        return search.main(["--config", str(TINY), "--storage-path", str(tmp_path), "--wandb", "off", *extra])
-    except SystemExit as exit_:
-        return int(exit_.code)
+    return search_exit_code(["--config", str(TINY), "--storage-path", str(tmp_path), "--wandb", "off", *extra])
 
 
 @pytest.fixture(scope="module")
