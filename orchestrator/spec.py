@@ -364,10 +364,11 @@ class SearchSpec:
             f"{cfg.epochs} epochs (auto: {per_epoch} of {self.auto_train_images} training pairs an epoch, "
             f"at least {self.search.min_train_images} a trial and {self.search.grace_period} epochs)"
         )
-        if self.stop_scale > 1:
-            rule, grace = self.plateau_rule(), self.search.grace_epochs(cfg.epochs, self.stop_scale)
+        scale = self.stop_scale
+        if scale > 1:
+            rule, grace = self.plateau_rule(), self.search.grace_epochs(cfg.epochs, scale)
             described += (
-                f", judged in steps of {self.stop_scale} epochs: grace {grace}, plateau patience {rule.patience}, "
+                f", judged in steps of {scale} epochs: grace {grace}, plateau patience {rule.patience}, "
                 f"window {rule.window}"
             )
         return described
