@@ -18,8 +18,10 @@ import pytest
 
 from trainer.config import TrainConfig
 
-# Set before anything starts Ray, so that Ray's workers inherit them too.
-os.environ.setdefault("PIX2PIX_CACHE", tempfile.mkdtemp(prefix="pix2pix-cache-"))
+# Set before anything starts Ray, so that Ray's workers inherit them too; pytest-xdist's test processes
+# inherit them from the first process, so they share one data cache and one Ray token.
+if "PIX2PIX_CACHE" not in os.environ:
+    os.environ["PIX2PIX_CACHE"] = tempfile.mkdtemp(prefix="pix2pix-cache-")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
