@@ -130,7 +130,7 @@ def test_a_driver_killed_outright_leaves_no_ray_process_behind_and_resumes_witho
         time.sleep(0.5)
     else:
         pytest.fail("no trial finished in time")
-    left = [p for p in psutil.Process(driver.pid).children(recursive=True) if "reaper" not in " ".join(p.cmdline())]
+    left = running_descendants(driver.pid)
     assert any(p.name() == "raylet" for p in left)
     driver.kill()
     driver.wait()
@@ -153,6 +153,19 @@ def test_a_driver_killed_outright_leaves_no_ray_process_behind_and_resumes_witho
     (l1_only,) = [t["trial_id"] for t in summary["trials"] if "gan_weight" in t["params"]]
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(i for i in ids if i != l1_only)
+
+
+def running_descendants(pid: int) -> list[psutil.Process]:
+    """The processes under `pid` that still run, the reaper aside. One that ends while it is looked at
+    (a zombie its parent has not reaped yet, or gone) is not running."""
+    running = []
+    for process in psutil.Process(pid).children(recursive=True):
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and "reaper" not in " ".join(process.cmdline()):
+                running.append(process)
+        except psutil.NoSuchProcess:  # ZombieProcess included
+            pass
+    return running
 
 
 @pytest.mark.parametrize("name", ["../escaped", "sub/dir", ".."])
