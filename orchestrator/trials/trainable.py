@@ -96,6 +96,10 @@ def scratch_dir(trial_id: str) -> Path:
 def train_and_report(cfg: TrainConfig, run_dir: Path, settings: TrialSettings) -> None:
     """Train from Tune's checkpoint (if any), reporting each epoch; returns early on a plateau."""
     resume = restore_from_tune_checkpoint(run_dir)
+    if resume and not (run_dir / LAST).exists():
+        # The checkpoint was trimmed (orchestrator.trials.retention): the trial had ended, and the driver
+        # was killed before Tune recorded that. Nothing is left to train; Tune ends it with its results.
+        return
     # The val curve so far: the plateau rule reads all of it, and a retried or resumed trial's epochs
     # before this attempt are in its checkpoint's history.
     curve = [row["val_ssim"] for row in RunState.load(run_dir / LAST).history] if resume else []

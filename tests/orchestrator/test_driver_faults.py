@@ -114,7 +114,7 @@ def test_a_driver_killed_outright_leaves_no_ray_process_behind_and_resumes_witho
 ) -> None:
     """SIGKILL gives the driver no chance to shut Ray down: orchestrator.reaper ends what it left.
     Killed once one trial has finished all its epochs and another has started, the search resumes
-    with neither run again nor lost."""
+    with neither run again nor lost; and trials that ended just before a kill end again on resume."""
     command = search_command(tmp_path, "killed", "--wandb", "off", "--max-concurrent", "1", "--stop-patience", "0")
     env = search_env()
     driver = subprocess.Popen(
@@ -153,6 +153,23 @@ def test_a_driver_killed_outright_leaves_no_ray_process_behind_and_resumes_witho
     (l1_only,) = [t["trial_id"] for t in summary["trials"] if "gan_weight" in t["params"]]
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(i for i in ids if i != l1_only)
+
+    # A trial's end trims its checkpoint at once (orchestrator.trials.retention), while Tune records the
+    # end in its experiment state a moment later: a driver killed in between leaves a trimmed trial that
+    # Tune's state calls RUNNING, and no summary. Made here from the finished search: resumed, its
+    # trials end again as they had ended, none failed and none trained again.
+    ended = {t["trial_id"]: t["status"] for t in summary["trials"]}
+    state_file = max(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    state = json.loads(state_file.read_text())
+    for entry in state["trial_data"]:
+        entry[0] = json.dumps({**json.loads(entry[0]), "status": "RUNNING"})
+    state_file.write_text(json.dumps(state))
+    (experiment / "summary.json").unlink()
+    again = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert {t["trial_id"]: t["status"] for t in summary["trials"]} == ended, summary["trials"]
+    assert result_lines(experiment) == after, "an ended trial trained again"
 
 
 def running_descendants(pid: int) -> list[psutil.Process]:
