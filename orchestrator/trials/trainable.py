@@ -94,7 +94,8 @@ def scratch_dir(trial_id: str) -> Path:
 
 
 def train_and_report(cfg: TrainConfig, run_dir: Path, settings: TrialSettings) -> None:
-    """Train from Tune's checkpoint (if any), reporting each epoch; returns early on a plateau."""
+    """Train from Tune's checkpoint (if any), reporting each epoch; returns early on a plateau, or at once
+    when the checkpoint is an ended trial's."""
     resume = restore_from_tune_checkpoint(run_dir)
     if resume and not (run_dir / LAST).exists():
         # The checkpoint was trimmed (orchestrator.trials.retention): the trial had ended, and the driver
