@@ -18,6 +18,7 @@ from search_cli import ROOT, TINY, result_lines, search_command, search_env, sea
 
 from orchestrator import search
 from orchestrator.spec import load_spec
+from orchestrator.trials.references import INIT_GENERATOR
 
 
 def wait_for_a_result(driver: subprocess.Popen, experiment: Path, after: int = 0) -> None:
@@ -113,9 +114,14 @@ def test_a_driver_killed_outright_leaves_no_ray_process_behind_and_resumes_witho
     tmp_path: Path,
 ) -> None:
     """SIGKILL gives the driver no chance to shut Ray down: orchestrator.reaper ends what it left.
-    Killed once one trial has finished all its epochs and another has started, the search resumes
-    with neither run again nor lost; and trials that ended just before a kill end again on resume."""
-    command = search_command(tmp_path, "killed", "--wandb", "off", "--max-concurrent", "1", "--stop-patience", "0")
+    A warm-started search (its fine-tunes wait for the L1-only reference, then start from its best
+    generator), killed once both references have finished all their epochs and a fine-tune has
+    started, resumes with no trial run again nor lost, and every fine-tune starts from the same
+    generator; trials that ended just before a kill end again on resume. (The SIGTERM test above
+    resumes a search without warm start.)"""
+    command = search_command(
+        tmp_path, "killed", "--wandb", "off", "--max-concurrent", "1", "--stop-patience", "0", "--warm-start"
+    )
     env = search_env()
     driver = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -124,7 +130,7 @@ def test_a_driver_killed_outright_leaves_no_ray_process_behind_and_resumes_witho
     deadline = time.time() + 240
     while time.time() < deadline:
         lines = result_lines(experiment)
-        if any(n == 3 for n in lines.values()) and len(lines) >= 2:
+        if sum(n == 3 for n in lines.values()) >= 2 and len(lines) >= 3:
             break
         assert driver.poll() is None, "the search ended before it could be killed"
         time.sleep(0.5)
@@ -137,9 +143,10 @@ def test_a_driver_killed_outright_leaves_no_ray_process_behind_and_resumes_witho
     gone, alive = psutil.wait_procs(left, timeout=20)
     assert not alive, [(p.pid, p.name()) for p in alive]
     finished_before = {t: n for t, n in result_lines(experiment).items() if n == 3}
-    # The study was written as trials ended: the killed driver left the finished trial, none running.
+    # The study holds the fine-tunes, written as they end (a warm-started search's study leaves out the
+    # references): the killed driver left none, not even the one running.
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}")
-    assert study.trials and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert study.trials == []
 
     resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -149,10 +156,14 @@ def test_a_driver_killed_outright_leaves_no_ray_process_behind_and_resumes_witho
     after = result_lines(experiment)
     for trial, n in finished_before.items():
         assert after[trial] == n, f"finished trial {trial} was run again"
-    # The reference searcher's state came back too: one L1-only reference, and it is not in the study.
+    # The reference searcher's state came back too: one L1-only reference, and two fine-tunes, which
+    # start from its generator, the one started before the kill and the one after; the study has them.
     (l1_only,) = [t["trial_id"] for t in summary["trials"] if "gan_weight" in t["params"]]
+    tunes = {t["trial_id"]: t["params"][INIT_GENERATOR] for t in summary["trials"] if INIT_GENERATOR in t["params"]}
+    assert len(tunes) == 2 and len(set(tunes.values())) == 1, tunes
+    assert (experiment / next(iter(tunes.values()))).parent.name.split("_")[2] == l1_only
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'optuna.db'}")
-    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(i for i in ids if i != l1_only)
+    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(tunes)
 
     # A trial's end trims its checkpoint at once (orchestrator.trials.retention), while Tune records the
     # end in its experiment state a moment later: a driver killed in between leaves a trimmed trial that
