@@ -30,6 +30,8 @@ FULL_STATE = ("G", "G_ema", "D", "opt_G", "opt_D", "sched_G", "sched_D", "scaler
 # How the paragraphs of torch's refusal of a pickle start that say nothing about the file itself
 TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 NetState = dict[str, Any]  # a state_dict, or an optimizer's, scheduler's or scaler's
+# Fields that checkpoints written before they existed lack (RunState.load gives the default)
+ADDED_LATER = ("schedule",)
 
 
 @dataclass
@@ -55,6 +57,10 @@ class RunState:
     sched_D: NetState | None = None
     scaler: NetState | None = None
     rng: dict[str, Any] | None = None
+    # The RETUNABLE settings of each stretch of epochs: [{"epoch": its first epoch, "lambda_l1": ..., ...}];
+    # one entry unless the run continued with new values (trainer.loop.train's `retune`). Empty in
+    # checkpoints written before it existed: the config's values held for every epoch.
+    schedule: list[dict[str, Any]] = field(default_factory=list)
     source: str = field(default="checkpoint", compare=False)  # the file it was read from, for messages; not saved
 
     @property
@@ -99,11 +105,12 @@ class RunState:
         if not isinstance(state, dict):
             raise UserError(f"{path}: not a checkpoint of this trainer; use a run's last.pt or best.pt")
         names = saved_fields()
-        missing = [n for n in names if n not in FULL_STATE and n not in state]
+        missing = [n for n in names if n not in FULL_STATE and n not in ADDED_LATER and n not in state]
         if missing or (state.get("G") is None and state.get("G_ema") is None):
             what = repr(missing[0]) if missing else "generator weights"
             raise UserError(f"{path}: has no {what}; use a file this trainer wrote")
-        return cls(**{n: state.get(n) for n in names}, source=str(path))
+        values = {n: state.get(n) for n in names if n not in ADDED_LATER or state.get(n) is not None}
+        return cls(**values, source=str(path))
 
 
 def starting_generator(path: str, gcfg: GeneratorConfig, split_hash: str) -> NetState:

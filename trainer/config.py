@@ -29,6 +29,10 @@ MIN_SIZE = 32  # the U-Net needs at least five 2x downsamplings
 MAX_SIZE = 2048
 MAX_WIDTH = 512  # ngf / ndf: 8x the reference 64 already makes a 3.5 billion parameter generator
 IMAGE_CHANNELS = (1, 3)  # what trainer.data reads: grayscale or RGB (alpha dropped)
+# The settings a run may change between two epochs when it continues from a checkpoint with `retune`
+# (population-based training hands a trial another trial's checkpoint with new values): the loop
+# reads each afresh at every step, or sets it on the optimizers and their lr schedules.
+RETUNABLE = ("lambda_l1", "dropout", "lr_G", "lr_D", "beta1")
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -240,6 +244,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def retunable(self) -> dict[str, Any]:
+        """The RETUNABLE settings' values."""
+        return {name: getattr(self, name) for name in RETUNABLE}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:

@@ -22,7 +22,7 @@ from torch import nn
 
 from trainer.checkpoint import BEST, BEST_GENERATOR, LAST, RunState, starting_generator
 from trainer.compile_choice import compile_options, resolve_compile
-from trainer.config import GeneratorConfig, TrainConfig
+from trainer.config import RETUNABLE, GeneratorConfig, TrainConfig
 from trainer.data import PairedData, PairedImages, augment, load_run_data
 from trainer.ema import GeneratorEma
 from trainer.errors import TrainingDiverged, UserError
@@ -155,6 +155,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=cfg.plateau_patience)
 
 
+def retune_optimizer(optimizer: torch.optim.Optimizer, scheduler: Any, lr_ratio: float, cfg: TrainConfig) -> None:
+    """Continue a restored optimizer with `cfg`'s beta1 and its lr schedule scaled by `lr_ratio` (the new
+    base lr over the checkpoint's): where the schedule stands (its epoch, a plateau's count) is kept,
+    and every lr it gives from now on is `lr_ratio` times what it would have given. Linear and cosine
+    schedules are proportional to their base lr, the plateau one to the lr it started from."""
+    for group in optimizer.param_groups:
+        group["lr"] *= lr_ratio
+        if "initial_lr" in group:  # set by every schedule at its start
+            group["initial_lr"] *= lr_ratio
+        group["betas"] = (cfg.beta1, cfg.beta2)
+    if hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [lr * lr_ratio for lr in scheduler.base_lrs]
+    if hasattr(scheduler, "_last_lr"):
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def step_scheduler(scheduler: Any, val_ssim: float) -> None:
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step(val_ssim)
@@ -266,9 +282,11 @@ def restore_rng(state: dict[str, Any], data_rng: torch.Generator) -> None:
     data_rng.set_state(state["data"])
 
 
-def check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+def check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path, may_differ: tuple[str, ...] = ()) -> None:
     differences = [
-        f"{name} {saved[name]!r} -> {value!r}" for name, value in cfg.to_dict().items() if saved.get(name) != value
+        f"{name} {saved[name]!r} -> {value!r}"
+        for name, value in cfg.to_dict().items()
+        if saved.get(name) != value and name not in may_differ
     ]
     if differences:
         raise UserError(
@@ -368,10 +386,15 @@ def train(
     on_step: StepCallback | None = None,
     data: PairedData | None = None,
     best_full_state: bool = True,
+    retune: bool = False,
 ) -> Iterator[EpochResult]:
     """Train Pix2Pix; yield one EpochResult per epoch after writing `last.pt`, and on a new best
     epoch `best_generator.pt` and (with `best_full_state`, for a run a person may continue or
-    evaluate from its best epoch) `best.pt`."""
+    evaluate from its best epoch) `best.pt`.
+
+    With `resume` and `retune`, the RETUNABLE settings of `cfg` may differ from the checkpoint's: the
+    run continues from its state with the new values (population-based training), and the
+    checkpoint's `schedule` records from which epoch each set of values held."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in (LAST, BEST, BEST_GENERATOR):  # left by a run killed mid-write: this run writes them anew
@@ -409,17 +432,24 @@ def train(
     scored = ema.module if ema is not None else G  # what validation scores, best.pt is chosen by, export ships
 
     history: list[dict[str, float | int]] = []
+    schedule = [{"epoch": 1, **cfg.retunable()}]
     best_val_ssim, best_epoch, start_epoch = -math.inf, 0, 0
     if resume and (run_dir / LAST).exists():
         state = RunState.load(run_dir / LAST)
-        check_resumable(state.config, cfg, run_dir / LAST)
+        check_resumable(state.config, cfg, run_dir / LAST, RETUNABLE if retune else ())
+        saved = TrainConfig.from_dict(state.config, source=str(run_dir / LAST))
         G.load_state_dict(state.G)
         opt_G.load_state_dict(state.opt_G)
         sched_G.load_state_dict(state.sched_G)
+        retune_optimizer(opt_G, sched_G, cfg.lr_G / saved.lr_G, cfg)
         if D is not None:
             D.load_state_dict(state.D)
             opt_D.load_state_dict(state.opt_D)
             sched_D.load_state_dict(state.sched_D)
+            retune_optimizer(opt_D, sched_D, cfg.lr_D / saved.lr_D, cfg)
+        schedule = state.schedule or [{"epoch": 1, **saved.retunable()}]
+        if cfg.retunable() != saved.retunable():
+            schedule = [*schedule, {"epoch": state.epoch + 1, **cfg.retunable()}]
         scaler.load_state_dict(state.scaler)
         restore_rng(state.rng, data_rng)
         history = state.history
@@ -492,6 +522,7 @@ def train(
             sched_D=sched_D.state_dict() if sched_D is not None else None,
             scaler=scaler.state_dict(),
             rng=rng_state(data_rng),
+            schedule=schedule,
         )
         state.save(run_dir / LAST)
         if result.is_best:
