@@ -230,7 +230,7 @@ def run_bench(trials: int, args: argparse.Namespace, root: Path) -> BenchRow:
             name=name,
             storage_path=str(root / "ray-results"),
             callbacks=[ClockStart(clock), *ours, ClockStop(clock), *result_loggers()],
-            checkpoint_config=checkpoint_config(),
+            checkpoint_config=checkpoint_config(spec),
             verbose=0,
         ),
     )

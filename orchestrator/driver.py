@@ -206,6 +206,7 @@ def run_trials(
             plateau=spec.plateau_rule(),
             image_every=spec.search.image_every,
             experiment=place.path,
+            retune=spec.search.pbt,
         )
         trainable = make_trainable(spec, settings)
         if run.resume:

@@ -22,7 +22,7 @@ import optuna
 import yaml
 
 from orchestrator.trials.plateau import PlateauRule
-from trainer.config import TrainConfig, config_from_dict, opt, trainer_parameter_names
+from trainer.config import RETUNABLE, TrainConfig, config_from_dict, opt, trainer_parameter_names
 from trainer.errors import UserError, cut, shown
 from trainer.files import write_atomic_text
 
@@ -207,6 +207,15 @@ class SearchSettings:
         "are kept out of ASHA's rungs, whatever rank_references says",
     )
 
+    pbt: bool = opt(
+        False,
+        "population-based training (Ray Tune's PBT) in place of ASHA and the plateau stop: all trials are live at "
+        "once and take turns on the CPUs or GPUs; every pbt_interval epochs a searched trial in the bottom quarter "
+        "continues from the latest checkpoint of one in the top quarter, its values perturbed (x0.8 or x1.2, or "
+        "drawn anew, within the space). The references run their course outside the population",
+    )
+    pbt_interval: int = opt(2, "pbt: epochs between two looks at the population (counted like grace_period)")
+
     @property
     def references_apart(self) -> bool:
         """Whether ASHA leaves the reference trials alone. Always with warm_start: every fine-tune starts
@@ -224,7 +233,7 @@ class SearchSettings:
     def __post_init__(self) -> None:
         for name in (
             "num_samples", "max_concurrent", "grace_period", "reduction_factor", "image_every", "keep_generators",
-            "min_train_images", "plateau_window",
+            "min_train_images", "plateau_window", "pbt_interval",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise UserError(f"search.{name} must be >= 1 (got {getattr(self, name)})")
@@ -351,8 +360,15 @@ class SearchSpec:
         return max(1, round(self.trial_config({}).epochs / self.search.rules_for_epochs))
 
     def plateau_rule(self) -> PlateauRule:
+        if self.search.pbt:  # a trial that stalls is replaced by a better one's copy, not stopped
+            return PlateauRule(0)
         scale = self.stop_scale
         return PlateauRule(self.search.stop_patience * scale, self.search.plateau_window * scale)
+
+    @property
+    def pbt_epochs(self) -> int:
+        """Epochs between two looks of PBT at the population, counted like the grace period."""
+        return self.search.pbt_interval * self.stop_scale
 
     def describe_epochs(self) -> str:
         """How long a full trial is, and why, in a few words (the start line and the summary)."""
@@ -384,10 +400,23 @@ class SearchSpec:
                 f"{self.source}: search.warm_start fine-tunes the L1-only reference, which this search does not run "
                 "(search.l1_reference is false, or gan_weight is searched or 0); turn warm_start off or run it"
             )
+        if self.search.pbt:
+            self.check_population_based()
         if self.search.warm_start and self.train.get("init_generator"):
             raise UserError(
                 f"{self.source}: train.init_generator and search.warm_start both say where G starts; keep one"
             )
+
+    def check_population_based(self) -> None:
+        """PBT changes the searched values while a trial trains: only the RETUNABLE settings can change."""
+        fixed_only = [name for name in self.space if name not in RETUNABLE]
+        if fixed_only:
+            raise UserError(
+                f"{self.source}: search.pbt changes the searched values while a trial trains, which "
+                f"{', '.join(fixed_only)} cannot do (only {', '.join(RETUNABLE)} can); fix it in train or turn pbt off"
+            )
+        if self.search.warm_start:
+            raise UserError(f"{self.source}: search.pbt and search.warm_start cannot be combined; keep one")
 
     def with_overrides(self, train: dict[str, Any], search: dict[str, Any]) -> SearchSpec:
         """CLI flags win over the file; the result is validated like the file was."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.compat import accept_pickles_from_before_the_move, run_restored_tuner_with
@@ -19,6 +19,7 @@ from orchestrator.spec import SearchSpec
 from orchestrator.tracking.callback import WandbTrialLogger
 from orchestrator.trials.endings import SearchStop, TrialEndings
 from orchestrator.trials.limits import SearchLimits
+from orchestrator.trials.population import PopulationApart
 from orchestrator.trials.progress import LiveTrialTable
 from orchestrator.trials.ray_output import result_loggers
 from orchestrator.trials.references import ReferenceSearcher
@@ -61,8 +62,11 @@ def make_searcher(spec: SearchSpec, searcher: Callable[..., OptunaSearch] = Optu
     )
 
 
-def make_scheduler(spec: SearchSpec, epochs: int, metric: str = METRIC) -> ASHAScheduler:
-    """`metric`: what ASHA ranks trials on at each rung (benchmarks.search compares others)."""
+def make_scheduler(spec: SearchSpec, epochs: int, metric: str = METRIC) -> TrialScheduler:
+    """ASHA, or PBT with search.pbt. `metric`: what ASHA ranks trials on at each rung (benchmarks.search
+    compares others)."""
+    if spec.search.pbt:
+        return PopulationApart(spec)
     asha = {
         "time_attr": "epoch",
         "metric": metric,
@@ -79,7 +83,7 @@ def make_trainable(spec: SearchSpec, settings: TrialSettings) -> Any:
     return tune.with_resources(tune.with_parameters(run_trial, settings=settings), resources)
 
 
-def checkpoint_config() -> tune.CheckpointConfig:
+def checkpoint_config(spec: SearchSpec) -> tune.CheckpointConfig:
     """The latest checkpoint holds the full state to continue from and the best epoch's generator;
     orchestrator.trials.retention trims a trial's checkpoints to that one, without the full state, once it ended.
 
@@ -88,15 +92,20 @@ def checkpoint_config() -> tune.CheckpointConfig:
     last snapshot. At 1 that is a snapshot per reported epoch, each costing more as trials accumulate:
     with 64 trials at once and 500 in all it took 55% of the driver's event loop (benchmarks.driver).
     At 2 it is about one snapshot per epoch's time, whatever the number of trials running.
+
+    With search.pbt, a trial copies the checkpoint another trial had at its last look at the population,
+    up to pbt_epochs epochs before its latest: that many more are kept.
     """
-    return tune.CheckpointConfig(num_to_keep=2)
+    return tune.CheckpointConfig(num_to_keep=max(2, spec.pbt_epochs + 1) if spec.search.pbt else 2)
 
 
 def search_algorithm(spec: SearchSpec) -> SearchLimits:
-    """TPE with the reference trials first, within the spec's number of trials and trials at once."""
+    """TPE with the reference trials first, within the spec's number of trials and trials at once.
+    With search.pbt the whole population is live at once, taking turns on the resources."""
     warm_paper = spec.paper_point() if spec.search.warm_start else None
     searcher = ReferenceSearcher(make_searcher(spec), spec.runs_l1_reference, warm_paper)
-    return SearchLimits(searcher, spec.search.num_samples, spec.search.max_concurrent)
+    live = spec.search.num_samples if spec.search.pbt else spec.search.max_concurrent
+    return SearchLimits(searcher, spec.search.num_samples, live)
 
 
 def build_tuner(
@@ -119,7 +128,7 @@ def build_tuner(
             name=name,
             storage_path=storage_path,
             callbacks=[*callbacks, *result_loggers()],
-            checkpoint_config=checkpoint_config(),
+            checkpoint_config=checkpoint_config(spec),
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
             verbose=0,
         ),

@@ -46,6 +46,7 @@ class TrialSettings:
     plateau: PlateauRule
     image_every: int
     experiment: str = ""  # the experiment folder or URI: warm-started trials fetch their start from it
+    retune: bool = False  # search.pbt: a trial may continue another trial's checkpoint with its own values
 
 
 def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
@@ -111,7 +112,7 @@ def train_and_report(cfg: TrainConfig, run_dir: Path, settings: TrialSettings) -
     val = data.splits["val"]
     panel_inputs, panel_targets = val.batch(torch.arange(min(PANEL_SAMPLES, len(val))))
     # best.pt (a full state) would only be thrown away: a trial ships its best generator alone
-    for result in train(cfg, run_dir, resume=resume, data=data, best_full_state=False):
+    for result in train(cfg, run_dir, resume=resume, data=data, best_full_state=False, retune=settings.retune):
         metrics = result.metrics()
         curve.append(result.val["val_ssim"])
         plateaued = settings.plateau.stops(curve)
