@@ -175,6 +175,8 @@ def export_best(
         "kind": kind,  # searched, paper or l1_only: which kind of trial won the export
         "kind_label": kind_label(best["params"], spec),
         "hyperparameters": {k: best["params"][k] for k in spec.space if k in best["params"]},
+        # with search.pbt: the values each stretch of its epochs trained with (trainer.checkpoint.RunState)
+        "schedule": state.schedule if len(state.schedule) > 1 else None,
         "references": references,  # their best epochs' val and test metrics, beside "val" and "test"
         "experiment": Path(experiment_path).name,  # a name, not a path: the folder may move
     }
@@ -184,6 +186,7 @@ def export_best(
         "kind": kind,
         "kind_label": kind_label(best["params"], spec),
         "params": best["params"],
+        "schedule": card["schedule"],
         "epoch": state.epoch,
         "val": val_metrics,
         "baseline_val": {"name": baseline_name, **baseline_val},

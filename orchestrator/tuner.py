@@ -103,7 +103,7 @@ def search_algorithm(spec: SearchSpec) -> SearchLimits:
     """TPE with the reference trials first, within the spec's number of trials and trials at once.
     With search.pbt the whole population is live at once, taking turns on the resources."""
     warm_paper = spec.paper_point() if spec.search.warm_start else None
-    searcher = ReferenceSearcher(make_searcher(spec), spec.runs_l1_reference, warm_paper)
+    searcher = ReferenceSearcher(make_searcher(spec), spec.runs_l1_reference, warm_paper, learns=not spec.search.pbt)
     live = spec.search.num_samples if spec.search.pbt else spec.search.max_concurrent
     return SearchLimits(searcher, spec.search.num_samples, live)
 

@@ -447,13 +447,16 @@ def train(
             opt_D.load_state_dict(state.opt_D)
             sched_D.load_state_dict(state.sched_D)
             retune_optimizer(opt_D, sched_D, cfg.lr_D / saved.lr_D, cfg)
-        schedule = state.schedule or [{"epoch": 1, **saved.retunable()}]
-        if cfg.retunable() != saved.retunable():
-            schedule = [*schedule, {"epoch": state.epoch + 1, **cfg.retunable()}]
         scaler.load_state_dict(state.scaler)
         restore_rng(state.rng, data_rng)
         history = state.history
         best_val_ssim, best_epoch, start_epoch = state.best_val_ssim, state.best_epoch, state.epoch
+        schedule = state.schedule or [{"epoch": 1, **saved.retunable()}]
+        if cfg.retunable() != saved.retunable():
+            schedule = [*schedule, {"epoch": start_epoch + 1, **cfg.retunable()}]
+            # The checkpoint's best epoch was trained with other values (another trial's, under PBT):
+            # this run's best is among the epochs it trains with its own.
+            best_val_ssim, best_epoch = -math.inf, 0
         if ema is not None:  # one update per step, every epoch the same number of steps
             ema.load_state_dict(state.G_ema, updates=start_epoch * steps_per_epoch)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
 from orchestrator.outcomes import METRIC, MODE
@@ -70,6 +71,14 @@ class PopulationApart(PopulationBasedTraining):
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         if not self.is_reference(trial):
             super().on_trial_add(WithoutSearcher(tune_controller), trial)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        """A waiting reference first (they run their course, from the start of the search); then PBT's
+        choice among the population: the trial that has trained least."""
+        for trial in tune_controller.get_trials():
+            if trial.status in (Trial.PENDING, Trial.PAUSED) and self.is_reference(trial):
+                return trial
+        return super().choose_trial_to_run(tune_controller)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if self.is_reference(trial):

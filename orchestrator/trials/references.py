@@ -108,9 +108,13 @@ class ReferenceSearcher(Searcher):
     suggestions out only once the L1-only reference ended, each with that trial's latest checkpoint
     (which holds its best generator) as its `init_generator`."""
 
-    def __init__(self, searcher: Searcher, l1_reference: bool, warm_paper: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, searcher: Searcher, l1_reference: bool, warm_paper: dict[str, Any] | None = None, learns: bool = True
+    ) -> None:
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         self.searcher = searcher
+        # False with search.pbt: a trial's results then come from values PBT chose, not the ones suggested
+        self.learns = learns
         self.paper: dict[str, Any] | None = None  # the first suggestion, once made
         self.l1_pending = l1_reference
         self.l1_trial: str | None = None
@@ -159,7 +163,7 @@ class ReferenceSearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._note_checkpoint(trial_id, result)
-        if not self._is_reference(trial_id):
+        if self.learns and not self._is_reference(trial_id):
             self.searcher.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -167,7 +171,7 @@ class ReferenceSearcher(Searcher):
         if trial_id == self.l1_trial and self.warm_paper is not None:
             # A failed reference leaves nothing to fine-tune: the search goes on from random weights ("").
             self.warm_from = "" if error else self.l1_checkpoint
-        if not self._is_reference(trial_id):
+        if self.learns and not self._is_reference(trial_id):
             self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
     # Tune saves a wrapper's state with get_state (the wrapped searcher, found through `.searcher`,

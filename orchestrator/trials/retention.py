@@ -68,7 +68,8 @@ class CheckpointRetention(tune.Callback):
         if reference_of(trial.config, self.spec) is not None:
             return  # its generator is scored on test after the search, whatever its rank
         self.kept[trial.trial_id] = ((trial.last_result or {}).get("best_val_ssim", float("-inf")), checkpoint.path)
-        ranked = sorted(self.kept.items(), key=lambda item: item[1][0], reverse=True)
+        # best first, ties to the smallest trial id as the export breaks them (PBT copies make ties)
+        ranked = sorted(self.kept.items(), key=lambda item: (-item[1][0], item[0]))
         for _, (_, path) in ranked[self.spec.search.keep_generators :]:
             delete(fs, f"{path}/{BEST_GENERATOR}")
 

@@ -51,6 +51,8 @@ def test_new_values_hold_from_the_next_epoch_and_the_schedule_records_them(
     ]
     assert {group["betas"][0] for group in state.opt_G["param_groups"] + state.opt_D["param_groups"]} == {0.8}
     assert state.generator_config["dropout"] == 0.2 and state.config["lambda_l1"] == 40.0
+    # Its best epoch is one trained with the new values: the earlier best was another schedule's.
+    assert state.best_epoch >= 3 and retuned[0].is_best
 
 
 @pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)

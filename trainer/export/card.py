@@ -153,6 +153,13 @@ def hyperparameters_section(card: dict[str, Any]) -> list[str]:
     searched = card.get("hyperparameters") or {}
     if searched:
         out += ["Chosen by the search:", "", *table(["name", "value"], [[k, fmt(v)] for k, v in searched.items()]), ""]
+    schedule = card.get("schedule")
+    if schedule:  # population-based training changed the values between epochs
+        names = [name for name in schedule[0] if name != "epoch"]
+        ends = [row["epoch"] - 1 for row in schedule[1:]] + [card["epoch"]]
+        rows = [[f"{row['epoch']}-{end}", *(fmt(row[name]) for name in names)] for row, end in zip(schedule, ends)]
+        out += ["Trained with a schedule of values (population-based training):", ""]
+        out += [*table(["epochs", *names], rows), ""]
     return [*out, "Every training setting is in `config.json` (`train_config`)."]
 
 
