@@ -1,0 +1,140 @@
+"""Population-based training (`search.pbt`, issue 22): Ray Tune's PBT over the searched trials, the
+references outside the population, retuned trials that record their schedule, and a PBT search that
+resumes after its driver was killed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+from search_cli import ROOT, TINY, result_lines, search_command, search_env
+
+from orchestrator.spec import load_spec
+from orchestrator.trials.population import PopulationApart
+from orchestrator.trials.references import kind_of
+from trainer.checkpoint import LAST, RunState
+from trainer.errors import UserError
+
+PBT_FLAGS = ("--pbt", "--pbt-interval", "1", "--epochs", "4", "--num-samples", "5", "--wandb", "off")
+
+
+def pbt_spec(tmp_path: Path, extra: str = "") -> Path:
+    spec = tmp_path / "pbt.yaml"
+    spec.write_text(TINY.read_text().replace("  seed: 0\n", f"  seed: 0\n  pbt: true\n  pbt_interval: 1\n{extra}"))
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("search_lines", "space_line", "expected"),
+    [
+        ("", "  ngf: {type: categorical, choices: [8, 16]}\n", "search.pbt changes the searched values .* ngf"),
+        ("  warm_start: true\n", "", "search.pbt and search.warm_start cannot be combined"),
+    ],
+)
+def test_pbt_over_what_cannot_change_mid_run_is_one_line(
+    tmp_path: Path, search_lines: str, space_line: str, expected: str
+) -> None:
+    spec = pbt_spec(tmp_path, search_lines)
+    spec.write_text(spec.read_text().replace("  ngf: 8\n", "") + space_line)
+    with pytest.raises(UserError, match=expected):
+        load_spec(spec)
+
+
+class Controller:
+    """What PBT asks of Tune's controller: its trials (and, in on_trial_add, its search algorithm)."""
+
+    def __init__(self, trials: list[Any]) -> None:
+        self.trials = trials
+        self.search_alg = object()  # a searcher: PBT alone would refuse it
+
+    def get_trials(self) -> list[Any]:
+        return self.trials
+
+
+def fake_trial(name: str, config: dict[str, Any]) -> Any:
+    manager = SimpleNamespace(checkpoint_config=SimpleNamespace(num_to_keep=3))
+    return SimpleNamespace(
+        trial_id=name, config=config, evaluated_params={}, status=Trial.PENDING,
+        run_metadata=SimpleNamespace(checkpoint_manager=manager),
+    )  # fmt: skip
+
+
+def test_the_references_run_first_and_outside_the_population(tmp_path: Path) -> None:
+    spec = load_spec(pbt_spec(tmp_path))
+    paper = spec.paper_point()
+    trials = [
+        fake_trial("searched1", {**paper, "lambda_l1": 20.0}),
+        fake_trial("paper", dict(paper)),
+        fake_trial("l1", {**paper, "gan_weight": 0.0}),
+        fake_trial("searched2", {**paper, "lambda_l1": 300.0}),
+    ]
+    controller = Controller(trials)
+    scheduler = PopulationApart(spec)
+    for trial in trials:
+        scheduler.on_trial_add(controller, trial)
+    assert [kind_of(t.config, spec) for t in trials] == ["searched", "paper", "l1_only", "searched"]
+    assert scheduler.choose_trial_to_run(controller).trial_id == "paper"
+    trials[1].status = Trial.RUNNING
+    assert scheduler.choose_trial_to_run(controller).trial_id == "l1"
+    trials[2].status = Trial.RUNNING
+    assert scheduler.choose_trial_to_run(controller).trial_id in ("searched1", "searched2")
+    # At a look at the population (every epoch here), a trial of the population makes way for the waiting
+    # ones; a reference goes on.
+    result = {"epoch": 1, "val_ssim": 0.9}
+    assert scheduler.on_trial_result(controller, trials[2], result) == TrialScheduler.CONTINUE
+    trials[0].status = Trial.RUNNING
+    assert scheduler.on_trial_result(controller, trials[0], result) == TrialScheduler.PAUSE
+    # A perturbed value past the space's edge moves to the edge.
+    moved = scheduler.within_space({**paper, "lambda_l1": 600.0, "dropout": -0.1})
+    assert (moved["lambda_l1"], moved["dropout"]) == (500.0, 0.0)
+
+
+def test_a_pbt_search_copies_trials_keeps_the_references_apart_and_resumes_after_a_kill(tmp_path: Path) -> None:
+    """Killed with SIGKILL once the population has started, then resumed: the search ends with its
+    5 trials, all finished. PBT's own log (pbt_global.txt, Ray's format) shows trials
+    that continued another's checkpoint, never a reference; such a trial's checkpoint records its
+    schedule, and the export's card shows the values of its last stretch."""
+    command = search_command(tmp_path, "pbt", *PBT_FLAGS)
+    env = search_env()
+    experiment = tmp_path / "pbt"
+    driver = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 240
+    while len(result_lines(experiment)) < 4 and time.time() < deadline:  # the references and 2 of the population
+        assert driver.poll() is None, "the search ended before it could be killed"
+        time.sleep(0.3)
+    driver.kill()
+    driver.wait()
+    resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    summary = json.loads((experiment / "summary.json").read_text())
+    spec = load_spec(experiment / "spec.yaml")
+    assert len(summary["trials"]) == 5 and {t["status"] for t in summary["trials"]} == {"finished"}
+    references = {t["trial_id"] for t in summary["trials"] if kind_of(t["params"], spec) != "searched"}
+    assert len(references) == 2
+    copies = [json.loads(line) for line in (experiment / "pbt_global.txt").read_text().splitlines()]
+    assert copies, "no trial continued another's checkpoint"
+    assert not {c[0] for c in copies} & references and not {c[1] for c in copies} & references
+    for reference in references:
+        assert len(summary_trial(summary, reference)["history"]) == 4, "a reference runs its course"
+    retuned = copies[-1][0]
+    (folder,) = experiment.glob(f"run_trial_{retuned}_*")
+    state = RunState.load(max(folder.glob("checkpoint_*"), key=lambda p: p.name) / LAST)
+    assert len(state.schedule) >= 2 and state.schedule[-1]["epoch"] > 1
+    card = json.loads((experiment / "best" / "model_card.json").read_text())
+    if card.get("schedule"):
+        last = card["schedule"][-1]
+        assert {k: last[k] for k in card["hyperparameters"]} == card["hyperparameters"]
+
+
+def summary_trial(summary: dict[str, Any], trial_id: str) -> dict[str, Any]:
+    return next(t for t in summary["trials"] if t["trial_id"] == trial_id)
