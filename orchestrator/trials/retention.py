@@ -7,8 +7,8 @@ will continue it, so only the latest checkpoint stays, without the full state, a
 `keep_generators` best trials keep their best generator (the one the export takes, and the ones a
 user may want to evaluate later), and so do the reference trials, which are scored on the test split
 after the search (orchestrator.trials.references). `keep_full_state` keeps everything. Failed and interrupted trials
-keep everything: `--resume` continues them from `last.pt`. With `search.pbt`, ended trials are trimmed
-when the search ends, since until then a running trial may continue from an ended one's checkpoint.
+keep everything: `--resume` continues them from `last.pt`. (With `search.pbt`, no trial copies an ended
+one: PBT's population is the trials still running or paused.)
 
 At 64 px with ngf 32 a full checkpoint is about 90 MB and a generator 29 MB; at 256 px with ngf 64,
 about 870 MB and 218 MB.
@@ -35,14 +35,11 @@ class CheckpointRetention(tune.Callback):
         self.kept: dict[str, tuple[float, str]] = {}  # ended trial -> (best val SSIM, checkpoint path)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if not self.spec.search.pbt:  # with PBT, a running trial may still copy an ended one's checkpoint
-            self.trim(trial)
+        self.trim(trial)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for trial in trials:  # trials the time budget ended get no on_trial_complete
-            ended = self.endings.ended.get(trial.trial_id)
-            untrimmed = Ending.BUDGET, *((Ending.COMPLETE,) if self.spec.search.pbt else ())
-            if ended in untrimmed and trial.trial_id not in self.kept:
+            if self.endings.ended.get(trial.trial_id) == Ending.BUDGET and trial.trial_id not in self.kept:
                 self.trim(trial)
 
     @staticmethod

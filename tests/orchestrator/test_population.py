@@ -58,22 +58,28 @@ class Controller:
         return self.trials
 
 
-def fake_trial(name: str, config: dict[str, Any]) -> Any:
-    manager = SimpleNamespace(checkpoint_config=SimpleNamespace(num_to_keep=3))
-    return SimpleNamespace(
-        trial_id=name, config=config, evaluated_params={}, status=Trial.PENDING,
-        run_metadata=SimpleNamespace(checkpoint_manager=manager),
-    )  # fmt: skip
+class FakeTrial:
+    """What PBT reads of a trial; hashable by identity, as Tune's trials are."""
+
+    def __init__(self, trial_id: str, config: dict[str, Any]) -> None:
+        self.trial_id, self.config, self.experiment_tag = trial_id, config, trial_id
+        self.evaluated_params: dict[str, Any] = {}
+        self.status = Trial.PENDING
+        manager = SimpleNamespace(checkpoint_config=SimpleNamespace(num_to_keep=3))
+        self.run_metadata = SimpleNamespace(checkpoint_manager=manager)
+
+    def is_finished(self) -> bool:
+        return self.status in (Trial.TERMINATED, Trial.ERROR)
 
 
 def test_the_references_run_first_and_outside_the_population(tmp_path: Path) -> None:
     spec = load_spec(pbt_spec(tmp_path))
     paper = spec.paper_point()
     trials = [
-        fake_trial("searched1", {**paper, "lambda_l1": 20.0}),
-        fake_trial("paper", dict(paper)),
-        fake_trial("l1", {**paper, "gan_weight": 0.0}),
-        fake_trial("searched2", {**paper, "lambda_l1": 300.0}),
+        FakeTrial("searched1", {**paper, "lambda_l1": 20.0}),
+        FakeTrial("paper", dict(paper)),
+        FakeTrial("l1", {**paper, "gan_weight": 0.0}),
+        FakeTrial("searched2", {**paper, "lambda_l1": 300.0}),
     ]
     controller = Controller(trials)
     scheduler = PopulationApart(spec)
