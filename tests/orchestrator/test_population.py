@@ -19,10 +19,11 @@ from search_cli import ROOT, TINY, result_lines, search_command, search_env
 from orchestrator.spec import load_spec
 from orchestrator.trials.population import PopulationApart
 from orchestrator.trials.references import kind_of
-from trainer.checkpoint import LAST, RunState
+from trainer.checkpoint import BEST_GENERATOR, RunState
 from trainer.errors import UserError
 
-PBT_FLAGS = ("--pbt", "--pbt-interval", "1", "--epochs", "4", "--num-samples", "5", "--wandb", "off")
+# Every trial keeps its best generator: the test reads a copied trial's schedule from it.
+PBT_FLAGS = ("--pbt", "--pbt-interval", "1", "--epochs", "4", "--num-samples", "5", "--keep-generators", "5")
 
 
 def pbt_spec(tmp_path: Path, extra: str = "") -> Path:
@@ -107,7 +108,7 @@ def test_a_pbt_search_copies_trials_keeps_the_references_apart_and_resumes_after
     5 trials, all finished. PBT's own log (pbt_global.txt, Ray's format) shows trials
     that continued another's checkpoint, never a reference; such a trial's checkpoint records its
     schedule, and the export's card shows the values of its last stretch."""
-    command = search_command(tmp_path, "pbt", *PBT_FLAGS)
+    command = search_command(tmp_path, "pbt", *PBT_FLAGS, "--wandb", "off")
     env = search_env()
     experiment = tmp_path / "pbt"
     driver = subprocess.Popen(
@@ -127,19 +128,22 @@ def test_a_pbt_search_copies_trials_keeps_the_references_apart_and_resumes_after
     assert len(summary["trials"]) == 5 and {t["status"] for t in summary["trials"]} == {"finished"}
     references = {t["trial_id"] for t in summary["trials"] if kind_of(t["params"], spec) != "searched"}
     assert len(references) == 2
+    # PBT's log names a trial by its experiment tag, "<launch number>_<values>", as its folder does
+    folders = {f.name.split("_")[3]: f for f in experiment.glob("run_trial_*")}  # run_trial_<id>_<number>_...
     copies = [json.loads(line) for line in (experiment / "pbt_global.txt").read_text().splitlines()]
     assert copies, "no trial continued another's checkpoint"
-    assert not {c[0] for c in copies} & references and not {c[1] for c in copies} & references
+    copied = {folders[tag.split("_")[0]].name.split("_")[2] for copy in copies for tag in copy[:2]}
+    assert len(copied) >= 2 and not copied & references, (copied, references)
     for reference in references:
         assert len(summary_trial(summary, reference)["history"]) == 4, "a reference runs its course"
-    retuned = copies[-1][0]
-    (folder,) = experiment.glob(f"run_trial_{retuned}_*")
-    state = RunState.load(max(folder.glob("checkpoint_*"), key=lambda p: p.name) / LAST)
-    assert len(state.schedule) >= 2 and state.schedule[-1]["epoch"] > 1
+    folder = folders[copies[-1][0].split("_")[0]]  # the last trial that continued another's checkpoint
+    state = RunState.load(max(folder.glob("checkpoint_*"), key=lambda p: p.name) / BEST_GENERATOR)
+    own = state.schedule[-1]  # its own values, from the epoch after the copy; its best epoch is one of those
+    assert len(state.schedule) >= 2 and 1 < own["epoch"] <= state.best_epoch
+    assert {k: own[k] for k in spec.space} == summary_trial(summary, folder.name.split("_")[2])["params"]
     card = json.loads((experiment / "best" / "model_card.json").read_text())
-    if card.get("schedule"):
-        last = card["schedule"][-1]
-        assert {k: last[k] for k in card["hyperparameters"]} == card["hyperparameters"]
+    if card.get("schedule"):  # the export continued another trial's checkpoint too
+        assert {k: card["schedule"][-1][k] for k in card["hyperparameters"]} == card["hyperparameters"]
 
 
 def summary_trial(summary: dict[str, Any], trial_id: str) -> dict[str, Any]:
