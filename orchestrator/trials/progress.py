@@ -105,7 +105,10 @@ class LiveTrialTable(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         params = ", ".join(f"{p}={format_value(trial.config.get(p))}" for p in self.params)
-        self.redraw(trials, f"trial {trial.trial_id} started: {params}")
+        # A trial that reported before goes on: a retry, a resumed search, or its turn again under PBT
+        # (maybe from another trial's checkpoint, with new values)
+        verb = "continues" if trial.last_result else "started"
+        self.redraw(trials, f"trial {trial.trial_id} {verb}: {params}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         line = (
