@@ -107,7 +107,7 @@ class LiveTrialTable(tune.Callback):
         params = ", ".join(f"{p}={format_value(trial.config.get(p))}" for p in self.params)
         # A trial that reported before goes on: a retry, a resumed search, or its turn again under PBT
         # (maybe from another trial's checkpoint, with new values)
-        verb = "continues" if trial.last_result else "started"
+        verb = "continues" if trial.has_reported_at_least_once else "started"
         self.redraw(trials, f"trial {trial.trial_id} {verb}: {params}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
