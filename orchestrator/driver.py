@@ -127,9 +127,10 @@ def run_search(spec: SearchSpec, place: ExperimentPlace, run: RunOptions) -> Sea
     stop = SearchStop()
     callbacks = search_callbacks(spec, place.name, out_dir, wandb_mode, run.wandb_project, cfg.epochs, stop)
     budget = f", time budget {format_duration(spec.search.time_budget)}" if spec.search.time_budget else ""
+    at_once = "all live, taking turns" if spec.search.pbt else f"{spec.search.max_concurrent} at a time"
     console.print(
         f"[bold]search[/] {place.name}: {spec.search.num_samples} trials of {spec.describe_epochs()} on {cfg.data} "
-        f"({cfg.size} px), {spec.search.max_concurrent} at a time{budget}; space: {', '.join(spec.space)}; "
+        f"({cfg.size} px), {at_once}{budget}; space: {', '.join(spec.space)}; "
         f"W&B {wandb_mode}\n  results: {place.path}\n  Ray's own log: {out_dir / RAY_LOG}"
     )
     for warning in warnings:

@@ -371,15 +371,18 @@ class SearchSpec:
         return self.search.pbt_interval * self.stop_scale
 
     def describe_epochs(self) -> str:
-        """How long a full trial is, and why, in a few words (the start line and the summary)."""
+        """How long a full trial is, and why, and how trials are judged, in a few words (the start line
+        and the summary)."""
         cfg = self.trial_config({})
-        if self.auto_train_images is None:
-            return f"{cfg.epochs} epochs"
-        per_epoch = cfg.steps_per_epoch(self.auto_train_images) * cfg.batch_size
-        described = (
-            f"{cfg.epochs} epochs (auto: {per_epoch} of {self.auto_train_images} training pairs an epoch, "
-            f"at least {self.search.min_train_images} a trial and {self.search.grace_period} epochs)"
-        )
+        described = f"{cfg.epochs} epochs"
+        if self.auto_train_images is not None:
+            per_epoch = cfg.steps_per_epoch(self.auto_train_images) * cfg.batch_size
+            described += (
+                f" (auto: {per_epoch} of {self.auto_train_images} training pairs an epoch, "
+                f"at least {self.search.min_train_images} a trial and {self.search.grace_period} epochs)"
+            )
+        if self.search.pbt:
+            return described + f", population-based training: a look at the population every {self.pbt_epochs} epochs"
         scale = self.stop_scale
         if scale > 1:
             rule, grace = self.plateau_rule(), self.search.grace_epochs(cfg.epochs, scale)
