@@ -123,6 +123,7 @@ def test_a_pbt_search_copies_trials_keeps_the_references_apart_and_resumes_after
     resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert " continues: " in resumed.stdout  # trials that had reported go on; the live table says so
+    assert "population-based training: a look at the population every 1 epochs" in resumed.stdout
 
     summary = json.loads((experiment / "summary.json").read_text())
     spec = load_spec(experiment / "spec.yaml")
