@@ -94,9 +94,10 @@ def checkpoint_config(spec: SearchSpec) -> tune.CheckpointConfig:
     At 2 it is about one snapshot per epoch's time, whatever the number of trials running.
 
     With search.pbt, a trial copies the checkpoint another trial had at its last look at the population,
-    up to pbt_epochs epochs before its latest: that many more are kept.
+    up to pbt_epochs epochs before its latest: that many more are kept (3 at least, below which Ray's PBT
+    warns that a copy may find its checkpoint gone).
     """
-    return tune.CheckpointConfig(num_to_keep=max(2, spec.pbt_epochs + 1) if spec.search.pbt else 2)
+    return tune.CheckpointConfig(num_to_keep=max(3, spec.pbt_epochs + 1) if spec.search.pbt else 2)
 
 
 def search_algorithm(spec: SearchSpec) -> SearchLimits:
@@ -145,7 +146,16 @@ def search_callbacks(
         endings,
         CheckpointRetention(endings, spec),
         LiveTrialTable(tuple(spec.space), epochs, endings),
-        WandbTrialLogger(wandb_mode, wandb_project, name, str(out_dir), spec.train, epochs, endings),
+        WandbTrialLogger(
+            wandb_mode,
+            wandb_project,
+            name,
+            str(out_dir),
+            spec.train,
+            epochs,
+            endings,
+            values=tuple(spec.space) if spec.search.pbt else (),
+        ),  # fmt: skip
         StudyWriter(str(out_dir), name, spec.distributions(), epochs, endings, spec.search.warm_start),
     ]
 

@@ -38,6 +38,7 @@ from orchestrator.trials.trainable import read_panel
 
 LOGGED_KEYS = EPOCH_KEYS + PROGRESS_KEYS
 PANEL_CAPTION = "input | output | target"
+VALUES_PREFIX = "values/"
 DRAIN_NOTICE_S = 1.0  # at the end, say what we wait for once the wait is long enough to notice
 DRAIN_PROGRESS_EVERY_S = 10.0
 
@@ -136,9 +137,13 @@ class WandbTrialLogger(tune.Callback):
         fixed: dict[str, Any],
         epochs: int,
         endings: TrialEndings,
+        values: tuple[str, ...] = (),
     ):
         self.mode, self.project, self.group, self.wandb_dir = mode, project, group, wandb_dir
         self.fixed, self.epochs, self.endings = fixed, epochs, endings
+        # Searched values charted every epoch as values/<name> (search.pbt changes them during a trial;
+        # the run's config keeps the ones it started with)
+        self.values = values
         self._worker: WandbWorker | None = None
         self._open: set[str] = set()  # trials whose run the worker has been told to open
 
@@ -156,6 +161,7 @@ class WandbTrialLogger(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         metrics = {k: result[k] for k in LOGGED_KEYS if k in result}
+        metrics.update({f"{VALUES_PREFIX}{name}": trial.config[name] for name in self.values if name in trial.config})
         self.send(trial, LogMetrics(trial.trial_id, metrics, step=int(result["epoch"])))
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:

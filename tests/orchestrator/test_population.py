@@ -17,6 +17,7 @@ from ray.tune.schedulers import TrialScheduler
 from search_cli import ROOT, TINY, result_lines, search_command, search_env
 
 from orchestrator.spec import load_spec
+from orchestrator.tracking.offline import find_runs, read_run
 from orchestrator.trials.population import PopulationApart
 from orchestrator.trials.references import kind_of
 from trainer.checkpoint import BEST_GENERATOR, RunState
@@ -107,8 +108,8 @@ def test_a_pbt_search_copies_trials_keeps_the_references_apart_and_resumes_after
     """Killed with SIGKILL once the population has started, then resumed: the search ends with its
     5 trials, all finished. PBT's own log (pbt_global.txt, Ray's format) shows trials
     that continued another's checkpoint, never a reference; such a trial's checkpoint records its
-    schedule, and the export's card shows the values of its last stretch."""
-    command = search_command(tmp_path, "pbt", *PBT_FLAGS, "--wandb", "off")
+    schedule, W&B charts its values, and the export's card shows the values of its last stretch."""
+    command = search_command(tmp_path, "pbt", *PBT_FLAGS, "--wandb", "offline")
     env = search_env()
     experiment = tmp_path / "pbt"
     driver = subprocess.Popen(
@@ -122,8 +123,9 @@ def test_a_pbt_search_copies_trials_keeps_the_references_apart_and_resumes_after
     driver.wait()
     resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert " continues: " in resumed.stdout  # trials that had reported go on; the live table says so
-    assert "population-based training: a look at the population every 1 epochs" in resumed.stdout
+    printed = " ".join(resumed.stdout.split())  # the console wraps long lines
+    assert " continues: " in printed  # trials that had reported go on; the live table says so
+    assert "population-based training: a look at the population every 1 epochs" in printed
 
     summary = json.loads((experiment / "summary.json").read_text())
     spec = load_spec(experiment / "spec.yaml")
@@ -142,7 +144,12 @@ def test_a_pbt_search_copies_trials_keeps_the_references_apart_and_resumes_after
     state = RunState.load(max(folder.glob("checkpoint_*"), key=lambda p: p.name) / BEST_GENERATOR)
     own = state.schedule[-1]  # its own values, from the epoch after the copy; its best epoch is one of those
     assert len(state.schedule) >= 2 and 1 < own["epoch"] <= state.best_epoch
-    assert {k: own[k] for k in spec.space} == summary_trial(summary, folder.name.split("_")[2])["params"]
+    trial_id = folder.name.split("_")[2]
+    assert {k: own[k] for k in spec.space} == summary_trial(summary, trial_id)["params"]
+    # W&B charts the values each epoch trained with: the copied trial's last epoch, its own
+    history = [row for run in map(read_run, find_runs(experiment)) if run.name == trial_id for row in run.history]
+    last_row = max(history, key=lambda row: row["epoch"])
+    assert {k: last_row[f"values/{k}"] for k in spec.space} == summary_trial(summary, trial_id)["params"]
     card = json.loads((experiment / "best" / "model_card.json").read_text())
     if card.get("schedule"):  # the export continued another trial's checkpoint too
         assert {k: card["schedule"][-1][k] for k in card["hyperparameters"]} == card["hyperparameters"]
