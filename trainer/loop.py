@@ -167,8 +167,6 @@ def retune_optimizer(optimizer: torch.optim.Optimizer, scheduler: Any, lr_ratio:
         group["betas"] = (cfg.beta1, cfg.beta2)
     if hasattr(scheduler, "base_lrs"):
         scheduler.base_lrs = [lr * lr_ratio for lr in scheduler.base_lrs]
-    if hasattr(scheduler, "_last_lr"):
-        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def step_scheduler(scheduler: Any, val_ssim: float) -> None:

@@ -33,14 +33,15 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow  # trains for seconds (tests/conftest.py: tiers)
+@pytest.mark.parametrize("lr_policy", ["linear", "cosine"])
 def test_new_values_hold_from_the_next_epoch_and_the_schedule_records_them(
-    tiny_config: MakeConfig, tmp_path: Path
+    tiny_config: MakeConfig, tmp_path: Path, lr_policy: str
 ) -> None:
-    cfg = tiny_config(epochs=4, lr_policy="linear", lr_decay_start=0.5)
+    cfg = tiny_config(epochs=4, lr_policy=lr_policy, lr_decay_start=0.5)
     retuned = two_epochs_then(cfg, tmp_path / "retuned", **NEW_VALUES)
     assert [r.epoch for r in retuned] == [3, 4]
-    # The linear schedule goes on where it stood, from the new base lrs: what a run that had them
-    # from the start uses in epochs 3 and 4.
+    # The lr schedule goes on where it stood, from the new base lrs: what a run that had them from the
+    # start uses in epochs 3 and 4.
     fresh = list(train(dataclasses.replace(cfg, **NEW_VALUES), tmp_path / "fresh"))
     assert [r.lr_G for r in retuned] == pytest.approx([r.lr_G for r in fresh[2:]])
     assert [r.lr_D for r in retuned] == pytest.approx([r.lr_D for r in fresh[2:]])
