@@ -246,6 +246,10 @@ def write_summary(
     return summary
 
 
+def described_values(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
 def render_summary(summary: dict[str, Any]) -> Table:
     counts: dict[str, int] = {}
     for trial in summary["trials"]:
@@ -281,7 +285,12 @@ def render_summary(summary: dict[str, Any]) -> Table:
         rows.append(("test at the images' own size, identity baseline", best["identity_test_native"], "test"))
     for label, values, prefix in rows:
         table.add_row(label, *(f"{values[f'{prefix}_{m}']:.4f}" for m in ("ssim", "psnr", "mae")))
-    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    params = described_values(best["params"])
+    if best.get("schedule"):  # search.pbt: the exported weights trained with several sets of values
+        params += "".join(
+            f"\n  from epoch {row['epoch']}: {described_values({k: row[k] for k in best['params'] if k in row})}"
+            for row in best["schedule"]
+        )
     warning = f"[bold red]{best['native_note']}[/]\n" if best.get("native_note") else ""
     table.caption = f"{warning}params: {params}\nstopped or failed trials: " + "; ".join(
         f"{t['trial_id']} {t['status']}" for t in summary["trials"] if t["status"] != EndReason.FINISHED
