@@ -22,6 +22,7 @@ from orchestrator.trials.population import PopulationApart
 from orchestrator.trials.references import kind_of
 from trainer.checkpoint import BEST_GENERATOR, RunState
 from trainer.errors import UserError
+from trainer.export.card import hyperparameters_section
 
 # Every trial keeps its best generator: the test reads a copied trial's schedule from it.
 PBT_FLAGS = ("--pbt", "--pbt-interval", "1", "--epochs", "4", "--num-samples", "5", "--keep-generators", "5")
@@ -157,3 +158,12 @@ def test_a_pbt_search_copies_trials_keeps_the_references_apart_and_resumes_after
 
 def summary_trial(summary: dict[str, Any], trial_id: str) -> dict[str, Any]:
     return next(t for t in summary["trials"] if t["trial_id"] == trial_id)
+
+
+def test_the_card_shows_the_values_each_stretch_of_epochs_trained_with() -> None:
+    schedule = [{"epoch": 1, "lambda_l1": 100.0, "dropout": 0.5}, {"epoch": 4, "lambda_l1": 40.0, "dropout": 0.2}]
+    card = {"epoch": 6, "hyperparameters": {"lambda_l1": 40.0, "dropout": 0.2}, "schedule": schedule}
+    lines = hyperparameters_section(card)
+    assert "| epochs | lambda_l1 | dropout |" in lines
+    assert "| 1-3 | 100.0000 | 0.5000 |" in lines and "| 4-6 | 40.0000 | 0.2000 |" in lines
+    assert not any("schedule" in line for line in hyperparameters_section({**card, "schedule": None}))
