@@ -66,7 +66,7 @@ def make_scheduler(spec: SearchSpec, epochs: int, metric: str = METRIC) -> Trial
     """ASHA, or PBT with search.pbt. `metric`: what ASHA ranks trials on at each rung (benchmarks.search
     compares others)."""
     if spec.search.pbt:
-        return PopulationApart(spec)
+        return PopulationApart(spec, epochs)
     asha = {
         "time_attr": "epoch",
         "metric": metric,

@@ -48,7 +48,7 @@ def mutation(param: Param) -> Any:
 class PopulationApart(PopulationBasedTraining):
     """PBT for the searched trials; reference trials always continue and are never copied."""
 
-    def __init__(self, spec: SearchSpec) -> None:
+    def __init__(self, spec: SearchSpec, epochs: int) -> None:
         super().__init__(
             time_attr="epoch",
             metric=METRIC,
@@ -60,6 +60,7 @@ class PopulationApart(PopulationBasedTraining):
             custom_explore_fn=self.within_space,
         )
         self.spec = spec  # pickled with the scheduler: a resumed search tells the references apart the same way
+        self.epochs = epochs
 
     def within_space(self, config: dict[str, Any]) -> dict[str, Any]:
         """A perturbed value outside the space (x1.2 at its top) is moved to the space's edge."""
@@ -81,7 +82,9 @@ class PopulationApart(PopulationBasedTraining):
         return super().choose_trial_to_run(tune_controller)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if self.is_reference(trial):
+        # A trial's last epoch is no time for a look: copied now, it would have no epoch left to train
+        # with its new values, and its final checkpoint would be copied into trials with none left either.
+        if self.is_reference(trial) or result.get("epoch", 0) >= self.epochs:
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 

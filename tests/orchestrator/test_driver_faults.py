@@ -205,32 +205,3 @@ def test_a_name_is_one_folder_name(tmp_path: Path, name: str, capsys) -> None:
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert f"--name {name!r}: an experiment name is one folder name" in line
     assert not storage.exists() and not (tmp_path / "escaped").exists()
-
-
-def test_trials_that_ended_just_before_the_driver_was_killed_end_again_on_resume(tmp_path: Path) -> None:
-    """A trial's end trims its checkpoint at once (orchestrator.trials.retention), while Tune records the
-    end in its experiment state a moment later: a driver killed in between leaves a trimmed trial that
-    Tune's state calls RUNNING. Made here by setting every ended trial of a finished search back to
-    RUNNING in its latest experiment state and removing its summary, as the kill leaves them: the
-    resumed search ends them again as they had ended, none failed and none trained again."""
-    command = search_command(tmp_path, "ended", "--wandb", "off", "--num-samples", "2", "--epochs", "2")
-    env = search_env()
-    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert first.returncode == 0, first.stderr[-2000:]
-    experiment = tmp_path / "ended"
-    before = result_lines(experiment)
-    ended = {t["trial_id"]: t["status"] for t in json.loads((experiment / "summary.json").read_text())["trials"]}
-    state_file = max(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
-    state = json.loads(state_file.read_text())
-    for entry in state["trial_data"]:
-        trial = json.loads(entry[0])
-        trial["status"] = "RUNNING"
-        entry[0] = json.dumps(trial)
-    state_file.write_text(json.dumps(state))
-    (experiment / "summary.json").unlink()  # a killed driver writes none
-
-    resumed = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    summary = json.loads((experiment / "summary.json").read_text())
-    assert {t["trial_id"]: t["status"] for t in summary["trials"]} == ended, summary["trials"]  # none failed
-    assert result_lines(experiment) == before, "an ended trial trained again"

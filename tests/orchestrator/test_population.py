@@ -85,7 +85,7 @@ def test_the_references_run_first_and_outside_the_population(tmp_path: Path) -> 
         FakeTrial("searched2", {**paper, "lambda_l1": 300.0}),
     ]
     controller = Controller(trials)
-    scheduler = PopulationApart(spec)
+    scheduler = PopulationApart(spec, epochs=3)
     for trial in trials:
         scheduler.on_trial_add(controller, trial)
     assert [kind_of(t.config, spec) for t in trials] == ["searched", "paper", "l1_only", "searched"]
@@ -100,6 +100,8 @@ def test_the_references_run_first_and_outside_the_population(tmp_path: Path) -> 
     assert scheduler.on_trial_result(controller, trials[2], result) == TrialScheduler.CONTINUE
     trials[0].status = Trial.RUNNING
     assert scheduler.on_trial_result(controller, trials[0], result) == TrialScheduler.PAUSE
+    # and a trial's last epoch is no look: it just ends
+    assert scheduler.on_trial_result(controller, trials[0], {"epoch": 3, "val_ssim": 0.9}) == TrialScheduler.CONTINUE
     # A perturbed value past the space's edge moves to the edge.
     moved = scheduler.within_space({**paper, "lambda_l1": 600.0, "dropout": -0.1})
     assert (moved["lambda_l1"], moved["dropout"]) == (500.0, 0.0)
