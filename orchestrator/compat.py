@@ -115,6 +115,22 @@ def trial_storage(trial: Any) -> tuple[Any, str]:
     return trial.storage.storage_filesystem, trial.storage.trial_fs_path
 
 
+def checkpoint_to_continue(trial: Any) -> Any:
+    """The checkpoint a paused trial continues from when it next runs (Tune's PBT points a copying
+    trial at the other trial's checkpoint here: its checkpoint manager's latest result)."""
+    return trial.run_metadata.checkpoint_manager._latest_checkpoint_result.checkpoint
+
+
+def continue_from(trial: Any, checkpoint: Any) -> None:
+    """Make `checkpoint` the one a paused trial continues from, keeping the metrics Tune recorded
+    with the checkpoint it replaces (PBT's exploit sets the same field the same way)."""
+    from ray.train._internal.session import _TrainingResult
+
+    manager = trial.run_metadata.checkpoint_manager
+    metrics = manager._latest_checkpoint_result.metrics
+    manager._latest_checkpoint_result = _TrainingResult(checkpoint=checkpoint, metrics=metrics)
+
+
 FAILURE_HEADER = "Failure # "  # how Tune's Trial.handle_error starts each failure in a trial's error file
 
 

@@ -23,9 +23,11 @@ from __future__ import annotations
 from typing import Any
 
 from ray import tune
+from ray.tune import Checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
+from orchestrator.compat import checkpoint_to_continue, continue_from, trial_storage
 from orchestrator.outcomes import METRIC, MODE
 from orchestrator.spec import Param, SearchSpec
 from orchestrator.trials.references import reference_of
@@ -81,12 +83,38 @@ class PopulationApart(PopulationBasedTraining):
                 return trial
         return super().choose_trial_to_run(tune_controller)
 
+    def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
+        """Tune's exploit (new values, the other trial's latest checkpoint to continue from), with that
+        checkpoint copied into the copying trial's own folder. Tune points the trial at the other
+        trial's folder, and the copying trial may wait its turn for epochs: meanwhile the other trial's
+        checkpoint limit, or checkpoint retention once it has ended, deletes that checkpoint."""
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        continue_from(trial, own_copy(checkpoint_to_continue(trial), trial, trial_to_clone.trial_id))
+
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         # A trial's last epoch is no time for a look: copied now, it would have no epoch left to train
         # with its new values, and its final checkpoint would be copied into trials with none left either.
         if self.is_reference(trial) or result.get("epoch", 0) >= self.epochs:
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
+
+
+COPY_PREFIX = "checkpoint_copy_"  # a "checkpoint_" folder: retention deletes it with the others at the trial's end
+
+
+def own_copy(checkpoint: Checkpoint, trial: Any, donor_id: str) -> Checkpoint:
+    """`checkpoint` (another trial's) copied into `trial`'s folder, on the same storage. The trial's
+    earlier copies go: it has trained since, and checkpointed each epoch, so nothing continues from them."""
+    import pyarrow.fs
+
+    fs, folder = trial_storage(trial)
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True)):
+        if info.type.name == "Directory" and info.base_name.startswith(COPY_PREFIX):
+            fs.delete_dir(info.path)
+    path = f"{folder}/{COPY_PREFIX}{donor_id}_{checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}"
+    fs.create_dir(path)
+    pyarrow.fs.copy_files(checkpoint.path, path, source_filesystem=checkpoint.filesystem, destination_filesystem=fs)
+    return Checkpoint(path, filesystem=fs)
 
 
 class WithoutSearcher:

@@ -8,9 +8,11 @@ import importlib
 import inspect
 import os
 import sys
+from types import SimpleNamespace
 
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.search import Searcher, SearchGenerator
 
 from orchestrator import compat
@@ -57,6 +59,21 @@ def test_a_trials_storage_and_error_file_are_where_compat_reads_them() -> None:
     assert compat.FAILURE_HEADER + "{}" in inspect.getsource(Trial.handle_error), "Tune's error file format moved"
     text = "Failure # 1 (occurred at x)\nRuntimeError: first\nFailure # 2 (occurred at y)\nOSError: second\n"
     assert compat.latest_failure_text(text) == "OSError: second\n"
+
+
+def test_a_trials_checkpoint_to_continue_is_where_compat_reads_and_sets_it() -> None:
+    from ray.train import CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+
+    manager = _CheckpointManager(CheckpointConfig(num_to_keep=2))
+    manager.register_checkpoint(_TrainingResult(checkpoint=tune.Checkpoint("/a"), metrics={"epoch": 3}))
+    trial = SimpleNamespace(run_metadata=SimpleNamespace(checkpoint_manager=manager))
+    assert compat.checkpoint_to_continue(trial).path == "/a"
+    compat.continue_from(trial, tune.Checkpoint("/b"))
+    assert manager.latest_checkpoint_result.checkpoint.path == "/b"  # what Tune restores a trial from
+    assert manager.latest_checkpoint_result.metrics == {"epoch": 3}
+    assert "_latest_checkpoint_result" in inspect.getsource(PopulationBasedTraining._exploit), "PBT's exploit moved"
 
 
 def test_wandb_offline_records_have_the_fields_the_reader_parses() -> None:

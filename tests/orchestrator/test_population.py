@@ -5,6 +5,7 @@ resumes after its driver was killed."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -12,13 +13,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from ray.tune import Checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 from search_cli import ROOT, TINY, result_lines, search_command, search_env
 
 from orchestrator.spec import load_spec
 from orchestrator.tracking.offline import find_runs, read_run
-from orchestrator.trials.population import PopulationApart
+from orchestrator.trials.population import PopulationApart, own_copy
 from orchestrator.trials.references import kind_of
 from trainer.checkpoint import BEST_GENERATOR, RunState
 from trainer.errors import UserError
@@ -144,7 +146,8 @@ def test_a_pbt_search_copies_trials_keeps_the_references_apart_and_resumes_after
     for reference in references:
         assert len(summary_trial(summary, reference)["history"]) == 4, "a reference runs its course"
     folder = folders[copies[-1][0].split("_")[0]]  # the last trial that continued another's checkpoint
-    state = RunState.load(max(folder.glob("checkpoint_*"), key=lambda p: p.name) / BEST_GENERATOR)
+    assert not list(experiment.glob("run_trial_*/checkpoint_copy_*")), "retention removes the copies at the end"
+    state = RunState.load(max(folder.glob("checkpoint_0*"), key=lambda p: p.name) / BEST_GENERATOR)
     own = state.schedule[-1]  # its own values, from the epoch after the copy; its best epoch is one of those
     assert len(state.schedule) >= 2 and 1 < own["epoch"] <= state.best_epoch
     trial_id = folder.name.split("_")[2]
@@ -156,6 +159,27 @@ def test_a_pbt_search_copies_trials_keeps_the_references_apart_and_resumes_after
     card = json.loads((experiment / "best" / "model_card.json").read_text())
     if card.get("schedule"):  # the export continued another trial's checkpoint too
         assert {k: card["schedule"][-1][k] for k in card["hyperparameters"]} == card["hyperparameters"]
+
+
+def test_a_copied_checkpoint_is_the_copying_trials_own(tmp_path: Path) -> None:
+    """The copying trial may wait epochs for its turn, while the other trial's checkpoint is deleted
+    (its checkpoint limit, or retention once it ends): it continues from a copy in its own folder,
+    and only from its latest copy."""
+    import pyarrow.fs
+
+    donor = tmp_path / "run_trial_donor" / "checkpoint_000003"
+    donor.mkdir(parents=True)
+    (donor / "last.pt").write_bytes(b"state")
+    folder = tmp_path / "run_trial_copier"
+    fs = pyarrow.fs.LocalFileSystem()
+    trial = SimpleNamespace(storage=SimpleNamespace(storage_filesystem=fs, trial_fs_path=str(folder)))
+    first = own_copy(Checkpoint(str(donor), filesystem=fs), trial, "donor")
+    (donor / "last.pt").write_bytes(b"later state")
+    second = own_copy(Checkpoint(str(donor), filesystem=fs), trial, "other")
+    shutil.rmtree(donor.parent)
+    assert not Path(first.path).exists(), "an earlier copy goes with the next"
+    assert Path(second.path).parent == folder and Path(second.path).name.startswith("checkpoint_copy_other_")
+    assert (Path(second.path) / "last.pt").read_bytes() == b"later state"
 
 
 def summary_trial(summary: dict[str, Any], trial_id: str) -> dict[str, Any]:
