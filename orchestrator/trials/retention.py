@@ -8,7 +8,8 @@ will continue it, so only the latest checkpoint stays, without the full state, a
 user may want to evaluate later), and so do the reference trials, which are scored on the test split
 after the search (orchestrator.trials.references). `keep_full_state` keeps everything. Failed and interrupted trials
 keep everything: `--resume` continues them from `last.pt`. (With `search.pbt`, no trial copies an ended
-one: PBT's population is the trials still running or paused.)
+one: PBT's population is the trials still running or paused; a trial's copy of another's checkpoint,
+orchestrator.trials.population's `checkpoint_copy_*`, goes with its older checkpoints.)
 
 At 64 px with ngf 32 a full checkpoint is about 90 MB and a generator 29 MB; at 256 px with ngf 64,
 about 870 MB and 218 MB.
