@@ -28,8 +28,13 @@ def search_exit_code(argv: list[str]) -> int:
 
 
 def search_env(**extra: str) -> dict[str, str]:
-    """This process's environment (PIX2PIX_CACHE, WANDB_MODE, ...) with the project importable."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+    """This process's environment (PIX2PIX_CACHE, WANDB_MODE, ...) with the project importable, less
+    WANDB_SERVICE: W&B sets it in a process that starts its service (a test that logs in-process), and a
+    driver that inherits it logs through that service, which outlives the driver: a killed driver's
+    runs stay open there, and its resumed runs of the same ids then wrote nothing (seen in the PBT test)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+    env.pop("WANDB_SERVICE", None)
+    return env
 
 
 def result_lines(experiment: Path) -> dict[str, int]:
