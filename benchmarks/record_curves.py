@@ -6,7 +6,8 @@ each for the spec's epochs, one after another in this process, with the search's
 settings at a small size. After every epoch it scores the live generator on val and on test, so a
 replayed search can report the test SSIM of the epoch it would have exported. The table (JSON) holds
 the settings, the machine, and per configuration its params and per-epoch val SSIM, test SSIM and
-seconds. A benchmark input, run by hand; the shipped table is benchmarks/data/curves-glyphs-32.json.
+seconds. A benchmark input, run by hand; the shipped tables are benchmarks/data/curves-glyphs-32.json
+(the default) and curves-glyphs-64.json (at default.yaml's own 64 px, docs/performance.md).
 """
 
 from __future__ import annotations
