@@ -11,8 +11,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The built-in glyphs at their own 128 px; SPEC=search_spaces/default.yaml runs the spec for any data.
+SPEC ?= search_spaces/glyphs-128.yaml
+
 search: $(STAMP)
-	$(BIN)/python -m orchestrator.search $(ARGS)
+	$(BIN)/python -m orchestrator.search --config $(SPEC) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check trainer orchestrator benchmarks tests
