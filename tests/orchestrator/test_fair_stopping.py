@@ -168,8 +168,3 @@ def test_a_search_over_gan_weight_with_the_new_stopping_options(ray_session, tmp
         assert "without the discriminator" in card["kind_label"]
     assert card["kind_label"] == summary["best"]["kind_label"]
 
-
-def test_the_shipped_l1_region_spec_searches_gan_weight_from_zero_to_the_papers() -> None:
-    spec = load_spec(SHIPPED_SPECS / "l1-region.yaml")
-    assert {0.0, 1.0} <= set(spec.space["gan_weight"].choices) and spec.paper_point()["gan_weight"] == 1.0
-    assert not spec.runs_l1_reference, "gan_weight 0 is a point of the space, not a separate reference"
