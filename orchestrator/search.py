@@ -33,7 +33,7 @@ from trainer.errors import UserError, exits_cleanly_on_user_error
 WANDB_PROJECT = "pix2pix-tune"
 
 
-TRAIN_FLAGS = ("data", "size", "epochs", "batch_size")  # the trainer settings a search run overrides most
+TRAIN_FLAGS = ("data", "size", "epochs", "batch_size", "ngf", "ndf")  # the trainer settings a search run overrides most
 
 
 def build_parser() -> argparse.ArgumentParser:

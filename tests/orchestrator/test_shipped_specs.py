@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from orchestrator import search
 from orchestrator.spec import SHIPPED_SPECS, load_spec
 from trainer.builtin import GLYPH_SIZE
 
@@ -23,6 +24,10 @@ def test_make_search_trains_the_glyphs_at_their_own_size_in_the_default_space() 
     assert glyphs.trial_config({}).epochs == 16 and glyphs.stop_scale == 2
     assert spec.search.time_budget <= 390
     assert spec.space == default.space
+    # The same trials from default.yaml and flags, as a user trains other data at 128 px on a CPU
+    flags = ["--size", "128", "--ngf", "16", "--ndf", "16", "--min-train-images", "12288"]
+    flagged = search.spec_from_args(search.parse_args(flags), default).with_epochs_for(768)
+    assert flagged.trial_config({}) == glyphs.trial_config({})
 
 
 def test_the_shipped_l1_region_spec_searches_gan_weight_from_zero_to_the_papers() -> None:
