@@ -40,7 +40,7 @@ def test_a_built_wheel_ships_the_specs_and_runs_elsewhere(tmp_path: Path) -> Non
     )  # fmt: skip
     (wheel,) = tmp_path.glob("pix2pix_tune-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for spec in ("default.yaml", "gpu-256.yaml", "mr2ct-phantom.yaml"):
+    for spec in ("default.yaml", "glyphs-128.yaml", "gpu-256.yaml", "mr2ct-phantom.yaml"):
         assert f"orchestrator/search_spaces/{spec}" in names, names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
