@@ -274,13 +274,16 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(ray_sess
     [
         (["--epochs", "4"], "--epochs cannot change on --resume (the search started with 3, not 4)"),
         (["--grace-period", "2"], "--grace-period cannot change on --resume (the search started with 1, not 2)"),
-        (["--config", "OTHER"], "train.ngf cannot change on --resume (the search started with 8, not 16)"),
+        (
+            ["--config", "OTHER"],
+            "train.max_train_images cannot change on --resume (the search started with 128, not 64)",
+        ),
     ],
 )
 def test_resume_refuses_a_change_that_shapes_the_trials(tmp_path: Path, capsys, flags: list, expected: str) -> None:
     save_spec(load_spec(TINY), tmp_path / "tiny-x")
     other = tmp_path / "other.yaml"
-    other.write_text(TINY.read_text().replace("ngf: 8", "ngf: 16"))
+    other.write_text(TINY.read_text().replace("max_train_images: 128", "max_train_images: 64"))  # a key with no flag
     flags = [str(other) if f == "OTHER" else f for f in flags]
     with pytest.raises(SystemExit) as exit_:
         search.main(["--storage-path", str(tmp_path), "--name", "tiny-x", "--resume", *flags])
