@@ -27,7 +27,11 @@ from trainer.errors import UserError
 from trainer.export.card import hyperparameters_section
 
 # Every trial keeps its best generator: the test reads a copied trial's schedule from it.
-PBT_FLAGS = ("--pbt", "--pbt-interval", "1", "--epochs", "4", "--num-samples", "5", "--keep-generators", "5")
+# 5 epochs, so 4 looks: a look can find the best trial without a checkpoint Tune knows, and PBT then
+# skips the copy (with 4 epochs, once, a whole fresh-clone run made no copy at all).
+PBT_EPOCHS = 5
+PBT_FLAGS = ("--pbt", "--pbt-interval", "1", "--epochs", str(PBT_EPOCHS), "--num-samples", "5")
+PBT_FLAGS += ("--keep-generators", "5")
 
 
 def pbt_spec(tmp_path: Path, extra: str = "") -> Path:
@@ -144,7 +148,7 @@ def test_a_pbt_search_copies_trials_keeps_the_references_apart_and_resumes_after
     copied = {folders[tag.split("_")[0]].name.split("_")[2] for copy in copies for tag in copy[:2]}
     assert len(copied) >= 2 and not copied & references, (copied, references)
     for reference in references:
-        assert len(summary_trial(summary, reference)["history"]) == 4, "a reference runs its course"
+        assert len(summary_trial(summary, reference)["history"]) == PBT_EPOCHS, "a reference runs its course"
     folder = folders[copies[-1][0].split("_")[0]]  # the last trial that continued another's checkpoint
     assert not list(experiment.glob("run_trial_*/checkpoint_copy_*")), "retention removes the copies at the end"
     state = RunState.load(max(folder.glob("checkpoint_0*"), key=lambda p: p.name) / BEST_GENERATOR)
