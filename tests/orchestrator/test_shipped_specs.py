@@ -26,7 +26,7 @@ def test_make_search_trains_the_glyphs_at_their_own_size_in_the_default_space() 
     assert spec.space == default.space
     # The same trials from default.yaml and flags, as a user trains other data at 128 px on a CPU
     flags = ["--size", "128", "--ngf", "16", "--ndf", "16", "--min-train-images", "12288"]
-    flagged = search.spec_from_args(search.parse_args(flags), default).with_epochs_for(768)
+    flagged = search.spec_from_args(search.parse_args(flags), default).with_epochs_for(spec.train["max_train_images"])
     assert flagged.trial_config({}) == glyphs.trial_config({})
 
 
