@@ -54,14 +54,14 @@ class OpenRun:
 class LogMetrics:
     trial_id: str
     metrics: dict[str, Any]
-    step: int
+    epoch: int
 
 
 @dataclass(frozen=True)
 class LogPanel:
     trial_id: str
     png: bytes  # the panel file as saved; decoded on the worker thread, off Tune's loop
-    step: int
+    epoch: int
 
 
 @dataclass(frozen=True)
@@ -100,10 +100,10 @@ class WandbWorker:
                 self.mode, self.project, self.group, event.trial_id, event.config, self.wandb_dir
             )
         elif isinstance(event, LogMetrics):
-            self.runs[event.trial_id].log_metrics(event.metrics, step=event.step)
+            self.runs[event.trial_id].log_metrics(event.metrics, epoch=event.epoch)
         elif isinstance(event, LogPanel):
             panel = np.asarray(Image.open(io.BytesIO(event.png)).convert("RGB"))
-            self.runs[event.trial_id].log_image("val_samples", panel, step=event.step, caption=PANEL_CAPTION)
+            self.runs[event.trial_id].log_image("val_samples", panel, epoch=event.epoch, caption=PANEL_CAPTION)
         else:
             self.runs.pop(event.trial_id).finish(event.summary)
 
@@ -162,12 +162,12 @@ class WandbTrialLogger(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         metrics = {k: result[k] for k in LOGGED_KEYS if k in result}
         metrics.update({f"{VALUES_PREFIX}{name}": trial.config[name] for name in self.values if name in trial.config})
-        self.send(trial, LogMetrics(trial.trial_id, metrics, step=int(result["epoch"])))
+        self.send(trial, LogMetrics(trial.trial_id, metrics, epoch=int(result["epoch"])))
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         png = read_panel(checkpoint)  # now, while the checkpoint surely exists (module docstring)
         if png is not None:
-            self.send(trial, LogPanel(trial.trial_id, png, step=int(trial.last_result.get("epoch", 0))))
+            self.send(trial, LogPanel(trial.trial_id, png, epoch=int(trial.last_result.get("epoch", 0))))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finish(trial)

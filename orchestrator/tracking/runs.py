@@ -150,9 +150,11 @@ def wandb_hint() -> str:
 
 
 class RunLogger(Protocol):
-    def log_metrics(self, metrics: dict[str, Any], step: int) -> None: ...
+    def log_metrics(self, metrics: dict[str, Any], epoch: int) -> None: ...
 
-    def log_image(self, key: str, image: np.ndarray, step: int, caption: str = "") -> None: ...
+    def log_image(self, key: str, image: np.ndarray, epoch: int, caption: str = "") -> None:
+        """Log an image for the epoch whose metrics were logged last."""
+        ...
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Close the run. summary["end_reason"] == "failed" marks the run as failed."""
@@ -162,10 +164,10 @@ class RunLogger(Protocol):
 class NullLogger:
     """W&B off: every call does nothing."""
 
-    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, Any], epoch: int) -> None:
         pass
 
-    def log_image(self, key: str, image: np.ndarray, step: int, caption: str = "") -> None:
+    def log_image(self, key: str, image: np.ndarray, epoch: int, caption: str = "") -> None:
         pass
 
     def finish(self, summary: dict[str, Any]) -> None:
@@ -173,15 +175,25 @@ class NullLogger:
 
 
 class WandbRunLogger:
-    """One W&B run. Metrics and images logged at the same step land in the same history row."""
+    """One W&B run, charted against the epoch (define_trial_metrics), one history row per reported epoch.
+
+    The W&B step is the epoch while epochs only grow, and the next step after the run's last row when
+    an epoch comes again: W&B drops a row logged below its latest step, and a trial that continues
+    another trial's earlier checkpoint (search.pbt) reports epochs it had already reported (seen: the
+    epochs after a copy were missing from the run, and the earlier ones charted in their place)."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
+        self.step = run.step - 1  # the run's last row: a resumed online run goes on after its rows
+        self.epoch = 0  # the epoch of that row
 
-    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        self.run.log(metrics, step=step)
+    def log_metrics(self, metrics: dict[str, Any], epoch: int) -> None:
+        self.step, self.epoch = max(epoch, self.step + 1), epoch
+        self.run.log(metrics, step=self.step)
 
-    def log_image(self, key: str, image: np.ndarray, step: int, caption: str = "") -> None:
+    def log_image(self, key: str, image: np.ndarray, epoch: int, caption: str = "") -> None:
+        # Tune reports an epoch's result before its checkpoint, so the image follows its metrics
+        step = self.step if epoch == self.epoch else max(epoch, self.step + 1)
         self.run.log({key: wandb.Image(image, caption=caption or None)}, step=step)
 
     def finish(self, summary: dict[str, Any]) -> None:

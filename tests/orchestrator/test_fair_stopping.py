@@ -167,4 +167,3 @@ def test_a_search_over_gan_weight_with_the_new_stopping_options(ray_session, tmp
     if best["params"]["gan_weight"] == 0.0 and card["kind"] == "searched":
         assert "without the discriminator" in card["kind_label"]
     assert card["kind_label"] == summary["best"]["kind_label"]
-

@@ -401,8 +401,8 @@ def test_report_lists_the_offline_runs_on_disk(tmp_path: Path, monkeypatch: pyte
     for t in trials:
         logger = open_trial_logger("offline", "pix2pix-tune", "demo", t["trial_id"], t["params"], folder)
         for row in t["history"]:
-            logger.log_metrics(row, step=row["epoch"])
-        logger.log_image("val_samples", np.zeros((8, 26, 3), np.uint8), step=EPOCHS)
+            logger.log_metrics(row, epoch=row["epoch"])
+        logger.log_image("val_samples", np.zeros((8, 26, 3), np.uint8), epoch=EPOCHS)
         logger.finish({"best_val_ssim": t["best_val_ssim"], "end_reason": "finished"})
     page = report.write_report(folder).read_text()
     section = page[page.index("Weights &amp; Biases") :]

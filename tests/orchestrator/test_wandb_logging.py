@@ -76,13 +76,13 @@ def experiment(wandb_env: Path) -> Path:
     good = open_trial_logger("offline", PROJECT, GROUP, "trial_00000", {**PARAMS, "epochs": 3}, exp)
     assert isinstance(good, WandbRunLogger)
     for epoch in (1, 2, 3):
-        good.log_metrics(epoch_metrics(epoch), step=epoch)
+        good.log_metrics(epoch_metrics(epoch), epoch=epoch)
         if epoch == 2:
-            good.log_image("val_samples", sample_grid(), step=epoch, caption="input | output | target")
+            good.log_image("val_samples", sample_grid(), epoch=epoch, caption="input | output | target")
     good.finish({"best_val_ssim": 0.8, "best_epoch": 3, "epochs": 3, "end_reason": "finished"})
 
     bad = open_trial_logger("offline", PROJECT, GROUP, "trial_00001", {**PARAMS, "dropout": 0.5}, exp)
-    bad.log_metrics(epoch_metrics(1), step=1)
+    bad.log_metrics(epoch_metrics(1), epoch=1)
     bad.finish({"epochs": 1, "end_reason": "failed", "error": "RuntimeError: boom"})
 
     best = exp / "best"
@@ -174,11 +174,27 @@ def test_retried_trial_continues_its_own_run(wandb_env: Path) -> None:
     for epochs in ((1, 2), (3,)):  # the first attempt crashed after epoch 2; Tune restarts from its checkpoint
         logger = open_trial_logger("offline", PROJECT, GROUP, "trial_00007", PARAMS, exp)
         for epoch in epochs:
-            logger.log_metrics(epoch_metrics(epoch), step=epoch)
+            logger.log_metrics(epoch_metrics(epoch), epoch=epoch)
         logger.finish({"epochs": epochs[-1], "end_reason": "finished"})
     first, second = (read_run(d) for d in find_runs(exp))
     assert first.run_id == second.run_id
     assert [r["epoch"] for r in first.history + second.history] == [1, 2, 3]
+
+
+def test_epochs_reported_again_after_a_copied_checkpoint_are_all_kept(wandb_env: Path) -> None:
+    """Under search.pbt a trial at epoch 3 may continue another's epoch-1 checkpoint: its epochs 2 and
+    3 come again, with their own values and panel, and W&B keeps every row in the order it came."""
+    logger = open_trial_logger("offline", PROJECT, GROUP, "trial_00008", PARAMS, wandb_env / "pbt")
+    epochs = (1, 2, 3, 2, 3, 4)
+    for row, epoch in enumerate(epochs):
+        logger.log_metrics({**epoch_metrics(epoch), "values/lambda_l1": 100.0 + row}, epoch=epoch)
+        if row == 4:
+            logger.log_image("val_samples", sample_grid(), epoch=epoch)
+    logger.finish({"epochs": 4, "end_reason": "finished"})
+    [run] = [read_run(d) for d in find_runs(wandb_env / "pbt")]
+    assert [r["epoch"] for r in run.history] == list(epochs)
+    assert [r["values/lambda_l1"] for r in run.history] == [100.0 + row for row in range(len(epochs))]
+    assert [row for row, r in enumerate(run.history) if "val_samples" in r] == [4]
 
 
 def test_reader_joins_records_that_span_blocks(wandb_env: Path) -> None:
@@ -328,8 +344,8 @@ def test_online_without_a_key_falls_back_to_offline(no_wandb_env, capsys) -> Non
 def test_off_logs_nothing(tmp_path: Path) -> None:
     logger = open_trial_logger("off", PROJECT, GROUP, "t", PARAMS, tmp_path / "w")
     assert isinstance(logger, NullLogger)
-    logger.log_metrics(epoch_metrics(1), step=1)
-    logger.log_image("val_samples", sample_grid(), step=1)
+    logger.log_metrics(epoch_metrics(1), epoch=1)
+    logger.log_image("val_samples", sample_grid(), epoch=1)
     logger.finish({"end_reason": "finished"})
     log_search_run("off", PROJECT, GROUP, tmp_path / "w", [], None, None)
     assert not (tmp_path / "w").exists()
