@@ -2,11 +2,13 @@
 
 Trains the paper's settings, the L1-only reference (the same without the discriminator) and
 --configs configurations drawn at random (Optuna's RandomSampler, seeded) from the spec's space,
-each for the spec's epochs, one after another in this process, with the search's fixed trainer
-settings at a small size. After every epoch it scores the live generator on val and on test, so a
-replayed search can report the test SSIM of the epoch it would have exported. The table (JSON) holds
-the settings, the machine, and per configuration its params and per-epoch val SSIM, test SSIM and
-seconds. A benchmark input, run by hand; the shipped tables are benchmarks/data/curves-glyphs-32.json
+each for the spec's epochs, --workers at a time (a process and a thread each), with the search's
+fixed trainer settings at a small size, on the spec's data or --data. After every epoch it scores
+the live generator on val and on test, so a replayed search can report the test SSIM of the epoch it
+would have exported. The table (JSON) holds the settings, the machine, and per configuration its
+params and per-epoch val SSIM, test SSIM and seconds. It is written after every configuration: run
+again with the same settings (and as many or more --configs), a stopped recording goes on where it
+was. A benchmark input, run by hand; the shipped tables are benchmarks/data/curves-glyphs-32.json
 (the default) and curves-glyphs-64.json (at default.yaml's own 64 px, docs/performance.md).
 """
 
@@ -20,6 +22,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ from orchestrator.trials.references import L1_ONLY, L1_ONLY_SETTING, PAPER, SEAR
 from orchestrator.tuner import resolve_epochs
 from trainer.config import TrainConfig
 from trainer.data import load_run_data
-from trainer.errors import TrainingDiverged, exits_cleanly_on_user_error
+from trainer.errors import TrainingDiverged, UserError, exits_cleanly_on_user_error
 from trainer.files import write_atomic_text
 from trainer.loop import evaluate, train
 
@@ -79,48 +83,91 @@ def record(cfg: TrainConfig) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.record_curves", description=__doc__)
     p.add_argument("--config", type=Path, default=DEFAULT_SPEC, help="search spec: space and fixed settings")
+    p.add_argument("--data", help="the task: builtin:NAME or a folder (default: the spec's)")
     p.add_argument("--configs", type=int, default=24, help="configurations drawn from the space (default: 24)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws and of the trainer (default: 0)")
     p.add_argument("--size", type=int, default=SMALL["size"], help="image side (default: %(default)s)")
     p.add_argument("--width", type=int, default=SMALL["ngf"], help="ngf = ndf (default: %(default)s)")
     p.add_argument("--epochs", type=int, help="epochs per configuration (default: the spec's, auto resolved)")
+    p.add_argument("--device", default=SMALL["device"], help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--precision", default=SMALL["precision"], help="fp32, bf16, fp16 or auto (default: %(default)s)")
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1,
+        help="configurations trained at once, one process and one thread each (default: the CPUs, %(default)s)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=DEFAULT_TABLE, help="the table to write (default: %(default)s)")
     return p.parse_args(argv)
+
+
+def recorded(out: Path, header: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
+    """The curves an earlier recording with the same settings left in `out`, and the seconds it spent
+    (it writes the table after every configuration, so a stopped recording goes on where it was)."""
+    if not out.exists():
+        return [], 0.0
+    try:
+        table = json.loads(out.read_text())
+        same = all(table.get(key) == json.loads(json.dumps(value)) for key, value in header.items())
+        rows, seconds = table["trials"], float(table.get("seconds", 0.0))
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{out}: not a curve table ({err}); give another --out or remove it") from err
+    if not same:
+        raise UserError(
+            f"{out} holds curves recorded with other settings (spec, seed or epochs); "
+            "give another --out, or remove it to record anew"
+        )
+    return rows, seconds
+
+
+def run_key(kind: str, params: dict[str, Any]) -> str:
+    return json.dumps([kind, params], sort_keys=True)
+
+
+def init_worker() -> None:
+    torch.set_num_threads(1)  # one configuration per core: --workers processes share the CPUs
 
 
 @exits_cleanly_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(1)
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: give 1 or more")
     small = {**SMALL, "size": args.size, "ngf": args.width, "ndf": args.width, "seed": args.seed}
+    small.update(device=args.device, precision=args.precision, data=args.data)
     train_overrides = {**small, **({"epochs": args.epochs} if args.epochs else {})}
     spec = resolve_epochs(load_spec(args.config).with_overrides(train_overrides, {}))
     paper = spec.paper_point()
     runs = [(PAPER, paper), (L1_ONLY, {**paper, **L1_ONLY_SETTING})]
     runs += [(SEARCHED, params) for params in sampled_params(spec, args.configs, args.seed)]
+    header = {"spec": spec.to_dict(), "epochs": spec.trial_config({}).epochs, "seed": args.seed}
+    recorded_rows, seconds = recorded(args.out, header)
+    earlier = {run_key(row["kind"], row["params"]): row for row in recorded_rows}
+    rows = {i: earlier[run_key(*run)] for i, run in enumerate(runs) if run_key(*run) in earlier}
+    todo = [(i, kind, params) for i, (kind, params) in enumerate(runs) if i not in rows]
+    if earlier:
+        print(f"{args.out}: {len(rows)} of {len(runs)} configurations recorded already; going on")
     started = time.time()
-    rows = []
-    for i, (kind, params) in enumerate(runs):
-        cfg = spec.trial_config(params)
-        curve = record(cfg)
-        rows.append({"kind": kind, "params": params, **curve})
-        print(
-            f"{i + 1}/{len(runs)} {kind} {params}: best val SSIM {max(curve['val_ssim'], default=float('nan')):.4f} "
-            f"in {sum(curve['epoch_seconds']):.1f} s",
-            flush=True,
-        )
-    table = {
-        "about": "learning curves for benchmarks.replay, recorded by benchmarks.record_curves",
-        "spec": spec.to_dict(),
-        "epochs": spec.trial_config({}).epochs,
-        "seed": args.seed,
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__},
-        "seconds": round(time.time() - started, 1),
-        "trials": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic_text(args.out, json.dumps(table, indent=1))
-    print(f"{len(rows)} curves in {table['seconds']:.0f} s -> {args.out}")
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=init_worker) as pool:
+        futures = {pool.submit(record, spec.trial_config(params)): (i, kind, params) for i, kind, params in todo}
+        for future in as_completed(futures):
+            i, kind, params = futures[future]
+            curve = future.result()
+            rows[i] = {"kind": kind, "params": params, **curve}
+            table = {
+                "about": "learning curves for benchmarks.replay, recorded by benchmarks.record_curves",
+                **header,
+                "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                            "device": args.device, "workers": args.workers},
+                "seconds": round(seconds + time.time() - started, 1),  # a resumed recording's included
+                "trials": [rows[j] for j in sorted(rows)],  # in draw order, whichever finished first
+            }  # fmt: skip
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic_text(args.out, json.dumps(table, indent=1))
+            print(
+                f"{len(rows)}/{len(runs)} {kind} {params}: best val SSIM "
+                f"{max(curve['val_ssim'], default=float('nan')):.4f} in {sum(curve['epoch_seconds']):.1f} s",
+                flush=True,
+            )
+    print(f"{len(rows)} curves, {len(todo)} recorded now in {time.time() - started:.0f} s -> {args.out}")
     return 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from search_cli import TINY
 
-from benchmarks import replay
+from benchmarks import record_curves, replay
 from benchmarks.standin_trial import CurveRow, ReplaySettings, nearest_row
 from orchestrator.spec import load_spec
 from orchestrator.trials.plateau import PlateauRule
@@ -74,3 +74,32 @@ def test_seed_ranges_and_unknown_methods(capsys) -> None:
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--methods: unknown method nope; choose from default," in err, err
+
+
+@pytest.mark.slow  # two recordings of seconds (tests/conftest.py: tiers)
+def test_a_recording_goes_on_where_it_stopped_and_the_replay_reads_it(tmp_path: Path, capsys) -> None:
+    """benchmarks.record_curves on two workers: the references and one drawn configuration, then one
+    more drawn, with the first three kept as they were, not trained again; other settings for the
+    same table are refused in one line."""
+    table = tmp_path / "curves.json"
+    flags = ["--config", str(TINY), "--epochs", "2", "--workers", "2", "--out", str(table)]
+    assert record_curves.main([*flags, "--configs", "1"]) == 0
+    first = json.loads(table.read_text())
+    assert [row["kind"] for row in first["trials"]] == ["paper", "l1_only", "searched"]
+    for row in first["trials"]:
+        assert len(row["val_ssim"]) == len(row["test_ssim"]) == len(row["epoch_seconds"]) == 2
+        assert all(0 < ssim < 1 for ssim in row["val_ssim"] + row["test_ssim"])
+    capsys.readouterr()
+    assert record_curves.main([*flags, "--configs", "2"]) == 0
+    assert "3 of 4 configurations recorded already" in capsys.readouterr().out
+    second = json.loads(table.read_text())
+    assert second["trials"][:3] == first["trials"] and second["trials"][3]["kind"] == "searched"
+    assert second["trials"][3]["params"] != second["trials"][2]["params"]
+    spec, rows = replay.load_table(table, tmp_path)
+    assert len(rows) == 4 and spec.train["size"] == 32
+
+    with pytest.raises(SystemExit) as exit_:
+        record_curves.main([*flags, "--configs", "2", "--seed", "1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other settings" in err and str(table) in err, err
