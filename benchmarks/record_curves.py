@@ -8,8 +8,8 @@ the live generator on val and on test, so a replayed search can report the test 
 would have exported. The table (JSON) holds the settings, the machine, and per configuration its
 params and per-epoch val SSIM, test SSIM and seconds. It is written after every configuration: run
 again with the same settings (and as many or more --configs), a stopped recording goes on where it
-was. A benchmark input, run by hand; the shipped tables are benchmarks/data/curves-glyphs-32.json
-(the default) and curves-glyphs-64.json (at default.yaml's own 64 px, docs/performance.md).
+was. A benchmark input, run by hand; the shipped tables are in benchmarks/data/ (how each was
+recorded: docs/performance.md#replayed-searches).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from benchmarks.record_curves import DEFAULT_TABLE
 from benchmarks.standin_trial import CurveRow, ReplaySettings, run_replay_trial
 from orchestrator.cluster import start_ray
 from orchestrator.driver import QUIET_ENV
@@ -43,7 +44,6 @@ from orchestrator.tuner import make_scheduler, search_algorithm
 from trainer.cli import OneLineErrorParser
 from trainer.errors import UserError, exits_cleanly_on_user_error
 
-DEFAULT_TABLE = Path(__file__).resolve().parent / "data" / "curves-glyphs-32.json"
 Z95 = 1.96  # normal quantile of a two-sided 95% interval: with tens of seeds or more, the t quantile is near it
 # Search settings each method changes over the table's spec.
 METHODS: dict[str, dict[str, Any]] = {
