@@ -145,6 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = [(i, kind, params) for i, (kind, params) in enumerate(runs) if i not in rows]
     if earlier:
         print(f"{args.out}: {len(rows)} of {len(runs)} configurations recorded already; going on")
+    table = {
+        "about": "learning curves for benchmarks.replay, recorded by benchmarks.record_curves",
+        **header,
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                    "device": args.device, "workers": args.workers},
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=init_worker) as pool:
         futures = {pool.submit(record, spec.trial_config(params)): (i, kind, params) for i, kind, params in todo}
@@ -152,15 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             i, kind, params = futures[future]
             curve = future.result()
             rows[i] = {"kind": kind, "params": params, **curve}
-            table = {
-                "about": "learning curves for benchmarks.replay, recorded by benchmarks.record_curves",
-                **header,
-                "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
-                            "device": args.device, "workers": args.workers},
-                "seconds": round(seconds + time.time() - started, 1),  # a resumed recording's included
-                "trials": [rows[j] for j in sorted(rows)],  # in draw order, whichever finished first
-            }  # fmt: skip
-            args.out.parent.mkdir(parents=True, exist_ok=True)
+            table["seconds"] = round(seconds + time.time() - started, 1)  # a resumed recording's included
+            table["trials"] = [rows[j] for j in sorted(rows)]  # in draw order, whichever finished first
             write_atomic_text(args.out, json.dumps(table, indent=1))
             print(
                 f"{len(rows)}/{len(runs)} {kind} {params}: best val SSIM "
