@@ -5,11 +5,11 @@ Trains the paper's settings, the L1-only reference (the same without the discrim
 each for the spec's epochs, --workers at a time (a process and a thread each), with the search's
 fixed trainer settings at a small size, on the spec's data or --data. After every epoch it scores
 the live generator on val and on test, so a replayed search can report the test SSIM of the epoch it
-would have exported. The table (JSON) holds the settings, the machine, and per configuration its
-params and per-epoch val SSIM, test SSIM and seconds. It is written after every configuration: run
-again with the same settings (and as many or more --configs), a stopped recording goes on where it
-was. A benchmark input, run by hand; the shipped tables are in benchmarks/data/ (how each was
-recorded: docs/performance.md#replayed-searches).
+would have exported. The table (JSON, a configuration to a line) holds the settings, the machine,
+and per configuration its params and per-epoch val SSIM, test SSIM and seconds. It is written after
+every configuration: run again with the same settings (and as many or more --configs), a stopped
+recording goes on where it was. A benchmark input, run by hand; the shipped tables are in
+benchmarks/data/ (how each was recorded: docs/performance.md#replayed-searches).
 """
 
 from __future__ import annotations
@@ -118,6 +118,14 @@ def recorded(out: Path, header: dict[str, Any]) -> tuple[list[dict[str, Any]], f
     return rows, seconds
 
 
+def table_json(table: dict[str, Any]) -> str:
+    """The table's JSON, one configuration to a line: hundreds of curves of up to hundreds of epochs stay
+    a file of a few hundred KB that diffs by configuration."""
+    head = json.dumps({key: value for key, value in table.items() if key != "trials"}, indent=1)
+    rows = ",\n".join(json.dumps(row) for row in table["trials"])
+    return f'{head.removesuffix("}").rstrip()},\n "trials": [\n{rows}\n ]\n}}\n'
+
+
 def run_key(kind: str, params: dict[str, Any]) -> str:
     return json.dumps([kind, params], sort_keys=True)
 
@@ -134,11 +142,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     small = {**SMALL, "size": args.size, "ngf": args.width, "ndf": args.width, "seed": args.seed}
     small.update(device=args.device, precision=args.precision, data=args.data)
     train_overrides = {**small, **({"epochs": args.epochs} if args.epochs else {})}
-    spec = resolve_epochs(load_spec(args.config).with_overrides(train_overrides, {}))
+    asked = load_spec(args.config).with_overrides(train_overrides, {})
+    spec = resolve_epochs(asked)
     paper = spec.paper_point()
     runs = [(PAPER, paper), (L1_ONLY, {**paper, **L1_ONLY_SETTING})]
     runs += [(SEARCHED, params) for params in sampled_params(spec, args.configs, args.seed)]
-    header = {"spec": spec.to_dict(), "epochs": spec.trial_config({}).epochs, "seed": args.seed}
+    # The spec as a search saves it (epochs: auto kept) and the training pairs auto counted: the replay
+    # resolves it again, so that its stopping rules scale with the epochs as the search's do.
+    header = {
+        "spec": asked.to_dict(),
+        "train_pairs": spec.auto_train_images,
+        "epochs": spec.trial_config({}).epochs,
+        "seed": args.seed,
+    }
     recorded_rows, seconds = recorded(args.out, header)
     earlier = {run_key(row["kind"], row["params"]): row for row in recorded_rows}
     rows = {i: earlier[run_key(*run)] for i, run in enumerate(runs) if run_key(*run) in earlier}
@@ -161,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows[i] = {"kind": kind, "params": params, **curve}
             table["seconds"] = round(seconds + time.time() - started, 1)  # a resumed recording's included
             table["trials"] = [rows[j] for j in sorted(rows)]  # in draw order, whichever finished first
-            write_atomic_text(args.out, json.dumps(table, indent=1))
+            write_atomic_text(args.out, table_json(table))
             print(
                 f"{len(rows)}/{len(runs)} {kind} {params}: best val SSIM "
                 f"{max(curve['val_ssim'], default=float('nan')):.4f} in {sum(curve['epoch_seconds']):.1f} s",

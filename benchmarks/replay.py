@@ -64,8 +64,13 @@ def load_table(path: Path, folder: Path) -> tuple[SearchSpec, list[CurveRow]]:
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: not a curve table of benchmarks.record_curves ({err})") from None
     spec_file = folder / "table-spec.yaml"
-    spec_file.write_text(json.dumps(table["spec"]))  # JSON is YAML
-    spec = load_spec(spec_file)
+    try:
+        spec_file.write_text(json.dumps(table["spec"]))  # JSON is YAML
+        spec = load_spec(spec_file)
+        if spec.epochs_auto:  # resolved as the recording did, so the stopping rules scale as a search's
+            spec = spec.with_epochs_for(table["train_pairs"])
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a curve table of benchmarks.record_curves (no {err})") from None
     rows = [
         CurveRow(r["params"], tuple(r["val_ssim"]), tuple(r["test_ssim"])) for r in table["trials"] if r["val_ssim"]
     ]
@@ -235,8 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ray.shutdown()
     print(
         f"\n{len(rows)} recorded curves ({args.table.name}), {args.num_samples or spec.search.num_samples} "
-        f"trials a search, {spec.search.max_concurrent} at once; mean ± 95% interval over seeds "
-        f"{args.seeds[0]}-{args.seeds[-1]}:\n"
+        f"trials a search, {spec.search.max_concurrent} at once, {spec.describe_epochs()}; "
+        f"mean ± 95% interval over seeds {args.seeds[0]}-{args.seeds[-1]}:\n"
     )
     print(markdown_table(results))
     return 0

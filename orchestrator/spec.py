@@ -428,9 +428,10 @@ class SearchSpec:
         clash = sorted(set(train) & set(self.space))
         if clash:
             raise UserError(f"{self.source}: {', '.join(clash)} is searched in space and cannot also be fixed")
-        spec = SearchSpec(
-            self.source, train, _settings(self.source, {**dataclasses.asdict(self.search), **search_values}), self.space
-        )
+        settings = _settings(self.source, {**dataclasses.asdict(self.search), **search_values})
+        # A resolved `epochs: auto` stays one, its stopping rules scaled, unless the epochs change.
+        resolved_for = self.auto_train_images if train.get("epochs") == self.train.get("epochs") else None
+        spec = SearchSpec(self.source, train, settings, self.space, auto_train_images=resolved_for)
         spec.check_fixed_settings()
         return spec
 

@@ -11,7 +11,7 @@ from search_cli import TINY
 
 from benchmarks import record_curves, replay
 from benchmarks.standin_trial import CurveRow, ReplaySettings, nearest_row
-from orchestrator.spec import load_spec
+from orchestrator.spec import AUTO_EPOCHS, load_spec
 from orchestrator.trials.plateau import PlateauRule
 
 EPOCHS = 3
@@ -44,6 +44,21 @@ def test_a_trial_replays_the_curve_nearest_to_its_params_never_across_the_discri
     assert nearest_row({**paper, "lambda_l1": 30.0}, settings).params["lambda_l1"] == 50.0
     assert nearest_row({**paper, "gan_weight": 0.0, "lambda_l1": 200.0}, settings).params.get("gan_weight") == 0.0
     assert isinstance(rows[0], CurveRow)
+
+
+def test_a_table_recorded_with_epochs_auto_replays_with_the_searchs_scaled_stopping_rules(tmp_path: Path) -> None:
+    """With epochs: auto a search scales its grace period and plateau rule with the epochs a trial
+    gets; a table keeps the spec unresolved and the training pairs counted, so the replay does alike."""
+    asked = load_spec(TINY).with_overrides({"epochs": AUTO_EPOCHS}, {})
+    searched = asked.with_epochs_for(32)
+    assert searched.stop_scale > 1
+    header = {"spec": asked.to_dict(), "train_pairs": 32, "epochs": searched.trial_config({}).epochs}
+    (tmp_path / "table.json").write_text(json.dumps({**header, "trials": []}))
+    spec, _ = replay.load_table(tmp_path / "table.json", tmp_path)
+    assert spec.trial_config({}).epochs == header["epochs"]
+    assert (spec.stop_scale, spec.plateau_rule()) == (searched.stop_scale, searched.plateau_rule())
+    method = spec.with_overrides({}, {**replay.METHODS["fair"], "seed": 1})  # as each replayed search runs
+    assert method.stop_scale == searched.stop_scale and method.plateau_rule().window == 3 * searched.stop_scale
 
 
 def test_replay_prints_every_method_with_intervals_over_the_seeds(ray_session, tmp_path: Path, capsys) -> None:
