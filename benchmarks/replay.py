@@ -69,7 +69,7 @@ def load_table(path: Path, folder: Path) -> tuple[SearchSpec, list[CurveRow]]:
         spec = load_spec(spec_file)
         if spec.epochs_auto:  # resolved as the recording did, so the stopping rules scale as a search's
             spec = spec.with_epochs_for(table["train_pairs"])
-    except (KeyError, TypeError) as err:
+    except KeyError as err:
         raise UserError(f"{path}: not a curve table of benchmarks.record_curves (no {err})") from None
     rows = [
         CurveRow(r["params"], tuple(r["val_ssim"]), tuple(r["test_ssim"])) for r in table["trials"] if r["val_ssim"]

@@ -57,8 +57,10 @@ def test_a_table_recorded_with_epochs_auto_replays_with_the_searchs_scaled_stopp
     spec, _ = replay.load_table(tmp_path / "table.json", tmp_path)
     assert spec.trial_config({}).epochs == header["epochs"]
     assert (spec.stop_scale, spec.plateau_rule()) == (searched.stop_scale, searched.plateau_rule())
-    method = spec.with_overrides({}, {**replay.METHODS["fair"], "seed": 1})  # as each replayed search runs
-    assert method.stop_scale == searched.stop_scale and method.plateau_rule().window == 3 * searched.stop_scale
+    fair = replay.METHODS["fair"]
+    method = spec.with_overrides({}, {**fair, "seed": 1})  # as each replayed search runs
+    assert method.stop_scale == searched.stop_scale
+    assert method.plateau_rule().window == fair["plateau_window"] * searched.stop_scale
 
 
 def test_replay_prints_every_method_with_intervals_over_the_seeds(ray_session, tmp_path: Path, capsys) -> None:
